@@ -1,0 +1,32 @@
+"""keras-velo: VeLO, Google's learned optimizer, for Keras 3 on JAX, TensorFlow and PyTorch."""
+
+from keras_velo.checkpoint import read_checkpoint, write_checkpoint
+from keras_velo.optimizer import VeLO
+from keras_velo.prefab import plan_horizon, prefab_update
+from keras_velo.pretrained import (
+    PUBLISHED_WEIGHTS,
+    WeightsUnavailableError,
+    resolve_weights,
+)
+from keras_velo.theta import CheckpointError, ThetaError, init_theta, validate_theta
+from keras_velo.update import StepDiagnostics, TensorState, VeLOState, init_state, velo_update
+
+__all__ = [
+    "CheckpointError",
+    "PUBLISHED_WEIGHTS",
+    "StepDiagnostics",
+    "TensorState",
+    "ThetaError",
+    "VeLO",
+    "VeLOState",
+    "WeightsUnavailableError",
+    "init_state",
+    "init_theta",
+    "plan_horizon",
+    "prefab_update",
+    "read_checkpoint",
+    "resolve_weights",
+    "validate_theta",
+    "velo_update",
+    "write_checkpoint",
+]
