@@ -200,6 +200,13 @@ class VeLO(keras.optimizers.Optimizer):
         """VeLO's weights as a nested dict of numpy arrays (after `build`)."""
         return unflatten_theta({p: v.numpy() for p, v in self._theta_variables.items()})
 
+    def velo_state(self):
+        """The current `VeLOState` as numpy arrays, tensors in build order."""
+        return keras.tree.map_structure(
+            lambda v: None if v is None else ops.convert_to_numpy(v.value),
+            self._state_variables(range(len(self._tensor_states))),
+        )
+
     # ------------------------------------------------------------- entry points
 
     def apply(self, grads, trainable_variables=None, loss=None):
