@@ -366,7 +366,11 @@ def header_line():
 
         versions.append(f"torch={torch.__version__} threads={torch.get_num_threads()}")
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
-    return "  ".join(versions) + f"   ({os.cpu_count()} CPU cores, load avg {load})"
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:
+        cores = os.cpu_count()
+    return "  ".join(versions) + f"   ({cores} CPU cores, load avg {load})"
 
 
 def format_table(results, header, total_seconds):
