@@ -1,6 +1,10 @@
 """keras-velo: VeLO, Google's learned optimizer, for Keras 3 on JAX, TensorFlow and PyTorch."""
 
+from keras_velo import callbacks
+from keras_velo.callbacks import VeLOMonitor
 from keras_velo.checkpoint import read_checkpoint, write_checkpoint
+from keras_velo.health import NonFiniteTrainingError
+from keras_velo.integration import attach
 from keras_velo.optimizer import VeLO
 from keras_velo.prefab import plan_horizon, prefab_update
 from keras_velo.pretrained import (
@@ -12,6 +16,10 @@ from keras_velo.theta import CheckpointError, ThetaError, init_theta, validate_t
 from keras_velo.update import StepDiagnostics, TensorState, VeLOState, init_state, velo_update
 
 __all__ = [
+    "NonFiniteTrainingError",
+    "VeLOMonitor",
+    "attach",
+    "callbacks",
     "CheckpointError",
     "PUBLISHED_WEIGHTS",
     "StepDiagnostics",

@@ -8,6 +8,12 @@ msgpack array `[shape, dtype name, raw little-endian C-order bytes]`.
 the namedtuple layout `{"name", "fields": {"0": "hidden", "1": "cell"},
 "values": {"0": ..., "1": ...}}`.
 
+A checkpoint may also be stored gzip-compressed (`params.gz`, as the
+keras-velo bundled weights are): `read_checkpoint` recognises the gzip
+signature (`1f 8b`) in any file, and a directory may hold `params.gz`
+instead of `params`. `write_checkpoint(..., compress=True)` writes such a
+file deterministically (no time stamp, no file name in the header).
+
 Only numpy and msgpack are needed; flax and learned_optimization are not.
 
 Example:
@@ -16,14 +22,20 @@ Example:
     >>> path = write_checkpoint("/tmp/my_velo/", theta)        # writes params + config.gin
     >>> path.name
     'params'
+    >>> write_checkpoint("/tmp/my_velo_gz/", theta, compress=True).name
+    'params.gz'
 """
 
 from __future__ import annotations
 
+import gzip
+import io
 import math
 import os
 import pathlib
 import secrets
+import struct
+import zlib
 from collections.abc import Mapping
 
 import msgpack
@@ -42,7 +54,13 @@ from keras_velo.theta import (
 __all__ = ["CheckpointError", "ThetaError", "read_checkpoint", "write_checkpoint"]
 
 PARAMS_FILENAME = "params"
+COMPRESSED_PARAMS_FILENAME = "params.gz"
 CONFIG_FILENAME = "config.gin"
+
+_GZIP_MAGIC = b"\x1f\x8b"
+# Largest decompressed checkpoint accepted (the official one is 9.3 MB); a
+# guard against decompression bombs, far above any VeLO theta.
+_MAX_DECOMPRESSED_BYTES = 1 << 30
 
 _EXT_NDARRAY = 1  # flax's msgpack ExtType codes
 _EXT_NPSCALAR = 3
@@ -62,24 +80,59 @@ class _ExtPayload:
 
 
 def _resolve_params_file(path) -> pathlib.Path:
-    """`path` itself if it is a file, `path/params` if it is a directory."""
+    """`path` itself if it is a file; in a directory, `params`, else `params.gz`."""
     given = pathlib.Path(os.fspath(path))
     if given.is_dir():
-        params = given / PARAMS_FILENAME
-        if not params.is_file():
-            contents = sorted(p.name for p in given.iterdir())[:10]
-            raise CheckpointError(
-                f"Checkpoint directory '{given}' has no file named "
-                f"'{PARAMS_FILENAME}' (it holds {contents}). Pass a directory "
-                f"holding '{PARAMS_FILENAME}', or the '{PARAMS_FILENAME}' file itself."
-            )
-        return params
+        for name in (PARAMS_FILENAME, COMPRESSED_PARAMS_FILENAME):
+            if (given / name).is_file():
+                return given / name
+        contents = sorted(p.name for p in given.iterdir())[:10]
+        raise CheckpointError(
+            f"Checkpoint directory '{given}' has no file named "
+            f"'{PARAMS_FILENAME}' or '{COMPRESSED_PARAMS_FILENAME}' (it holds "
+            f"{contents}). Pass a directory holding '{PARAMS_FILENAME}', or the "
+            f"'{PARAMS_FILENAME}' file itself."
+        )
     if not given.exists():
         raise CheckpointError(
             f"Checkpoint '{given}' does not exist. Pass a directory holding a "
             f"file named '{PARAMS_FILENAME}', or the '{PARAMS_FILENAME}' file itself."
         )
     return given
+
+
+def _gunzip(data: bytes, file: pathlib.Path) -> bytes:
+    """Decompress a gzip checkpoint, with a CheckpointError for corrupt data."""
+    try:
+        with gzip.GzipFile(fileobj=io.BytesIO(data), mode="rb") as stream:
+            raw = stream.read(_MAX_DECOMPRESSED_BYTES + 1)
+    except (OSError, EOFError, zlib.error) as error:  # BadGzipFile is an OSError
+        raise CheckpointError(
+            f"Checkpoint '{file}' is gzip-compressed but the gzip data is corrupt "
+            f"or truncated ({len(data)} bytes; gzip says: {type(error).__name__}: "
+            f"{error}). Re-download or re-write the file."
+        ) from error
+    if len(raw) > _MAX_DECOMPRESSED_BYTES:
+        raise CheckpointError(
+            f"Checkpoint '{file}' decompresses to more than "
+            f"{_MAX_DECOMPRESSED_BYTES} bytes; it is not a VeLO checkpoint."
+        )
+    return raw
+
+
+def _gzip_bytes(data: bytes) -> bytes:
+    """Deterministic gzip (RFC 1952) of `data`: level 9, mtime 0, no file name.
+
+    Written by hand rather than with the `gzip` module so that the header
+    does not depend on the Python version: `1f 8b`, method 8 (deflate), no
+    flags, mtime 0, extra flags 2 (maximum compression), OS 255 (unknown);
+    then raw deflate data, CRC-32 and the length modulo 2^32.
+    """
+    header = _GZIP_MAGIC + b"\x08\x00" + b"\x00\x00\x00\x00" + b"\x02\xff"
+    compressor = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS, 9)
+    body = compressor.compress(data) + compressor.flush()
+    trailer = struct.pack("<II", zlib.crc32(data) & 0xFFFFFFFF, len(data) & 0xFFFFFFFF)
+    return header + body + trailer
 
 
 def _decode_array(ext: _ExtPayload, where: str) -> np.ndarray:
@@ -143,15 +196,18 @@ def read_checkpoint(path) -> dict:
     """Read a VeLO theta from an official (flax msgpack) checkpoint.
 
     Args:
-        path: a directory holding a file named `params`, or the `params` file
-            itself (any file name).
+        path: a directory holding a file named `params` (or, failing that,
+            `params.gz`), or the checkpoint file itself (any file name). A
+            gzip-compressed file is recognised by its first two bytes and
+            decompressed transparently.
 
     Returns:
         theta, a nested dict of writable float32 numpy arrays (spec §3), e.g.
         `theta["rnn_params"]["rnn/linear"]["w"]` of shape (1024, 2048).
 
     Raises:
-        CheckpointError: missing file, truncated or corrupt file, a bad array
+        CheckpointError: missing file, truncated or corrupt file (msgpack or
+            gzip), a bad array
             payload, a wrong top-level structure, or (as ThetaError, a
             subclass) missing, extra or misshapen leaves. Nothing half-loaded
             is ever returned.
@@ -167,6 +223,8 @@ def read_checkpoint(path) -> dict:
         data = file.read_bytes()
     except OSError as error:
         raise CheckpointError(f"Could not read checkpoint '{file}': {error}") from error
+    if data[:2] == _GZIP_MAGIC:
+        data = _gunzip(data, file)
     try:
         tree = msgpack.unpackb(
             data, ext_hook=_ExtPayload, raw=False, strict_map_key=False
@@ -263,15 +321,17 @@ def _config_gin(lstm_hidden_size: int, num_param_inits: int) -> str:
 
 
 def write_checkpoint(
-    path, theta: Mapping, gen_id: str = "keras_velo", step: int = 0
+    path, theta: Mapping, gen_id: str = "keras_velo", step: int = 0, compress: bool = False
 ) -> pathlib.Path:
     """Write theta in the official checkpoint format; return the `params` path.
 
     If `path` is an existing directory or ends with a path separator, writes
-    `path/params` and a 4-line `path/config.gin` (the bindings the reference
-    `opt_from_checkpoint` needs). Otherwise writes the file `path` itself.
-    Writes are atomic (temporary file + `os.replace`). `read_checkpoint` gives
-    back the same arrays bit for bit.
+    `path/params` (`path/params.gz` if `compress`) and a 4-line
+    `path/config.gin` (the bindings the reference `opt_from_checkpoint`
+    needs), and removes a `params` / `params.gz` of the other kind left there
+    by an earlier write, so the directory holds one checkpoint. Otherwise
+    writes the file `path` itself. Writes are atomic (temporary file +
+    `os.replace`). `read_checkpoint` gives back the same arrays bit for bit.
 
     Args:
         path: target directory or file.
@@ -279,6 +339,9 @@ def write_checkpoint(
             to float32.
         gen_id: the checkpoint's `gen_id` string.
         step: the checkpoint's `step` integer.
+        compress: gzip the file (deterministically: level 9, mtime 0, no
+            file name, so equal thetas give equal bytes). The reference
+            loader cannot read it; keras-velo's can.
 
     Example:
         >>> write_checkpoint("/tmp/velo_ckpt/", init_theta(seed=0))
@@ -288,6 +351,8 @@ def write_checkpoint(
         raise TypeError(f"gen_id must be a str, got {gen_id!r}")
     if not isinstance(step, (int, np.integer)) or isinstance(step, bool):
         raise TypeError(f"step must be an int, got {step!r}")
+    if not isinstance(compress, bool):
+        raise TypeError(f"compress must be a bool, got {compress!r}")
     validate_theta(theta, source="theta passed to write_checkpoint")
     raw = os.fspath(path)
     target = pathlib.Path(raw)
@@ -295,9 +360,14 @@ def write_checkpoint(
     into_directory = target.is_dir() or raw.endswith(separators)
     directory = target if into_directory else target.parent
     directory.mkdir(parents=True, exist_ok=True)
-    params_file = directory / PARAMS_FILENAME if into_directory else target
-    _atomic_write(params_file, _checkpoint_bytes(theta, gen_id, int(step)))
+    names = (PARAMS_FILENAME, COMPRESSED_PARAMS_FILENAME)
+    name, stale = names[::-1] if compress else names
+    params_file = directory / name if into_directory else target
+    data = _checkpoint_bytes(theta, gen_id, int(step))
+    _atomic_write(params_file, _gzip_bytes(data) if compress else data)
     if into_directory:
         hidden, inits = _theta_sizes(theta)
         _atomic_write(directory / CONFIG_FILENAME, _config_gin(hidden, inits).encode())
+        if (directory / stale).is_file():
+            (directory / stale).unlink()
     return params_file

@@ -99,21 +99,56 @@ def prefab_update(
     num_accumulated=1,
     accumulation=None,
     step_scale=1.0,
+    fraction_trained=None,
+    skip_non_finite=True,
 ):
     """`velo_update` behind the reference wrapper (weight decay, accumulation).
 
     Returns `(new_params, new_state, new_accumulation, StepDiagnostics)`;
     `accumulation` is None unless `num_accumulated > 1`. On calls that only
     accumulate, params and state are returned unchanged.
+
+    With `skip_non_finite` (not in the reference), a call whose loss or any
+    gradient is NaN or infinite changes nothing: params, state and
+    accumulation come back as they were and `diagnostics.skipped` is True.
     """
     state, params, grads, accumulation = to_tensors(
         (state, list(params), list(grads), accumulation)
     )
+    loss = ops.cast(loss, "float32")
     if weight_decays is not None and any(wd != 0.0 for wd in weight_decays):
         grads, loss = add_weight_decay(params, grads, loss, weight_decays)
+    result = _prefab_update(
+        theta, state, params, grads, loss, num_accumulated, accumulation,
+        step_scale, fraction_trained,
+    )
+    if not skip_non_finite:
+        return result
+    finite = _all_finite([loss] + list(grads))
+    new_params, new_state, new_accumulation, diagnostics = result
+    keep = lambda new, old: None if new is None else ops.where(finite, new, old)  # noqa: E731
+    return (
+        [keep(n, o) for n, o in zip(new_params, params)],
+        keras.tree.map_structure(keep, new_state, state),
+        None if accumulation is None
+        else keras.tree.map_structure(keep, new_accumulation, accumulation),
+        diagnostics._replace(skipped=ops.logical_not(finite)),
+    )
+
+
+def _all_finite(tensors):
+    """`[]` bool: every element of every tensor is finite."""
+    flags = [ops.all(ops.isfinite(t)) for t in tensors]
+    return flags[0] if len(flags) == 1 else ops.all(ops.stack(flags))
+
+
+def _prefab_update(
+    theta, state, params, grads, loss, num_accumulated, accumulation, step_scale,
+    fraction_trained,
+):
     if num_accumulated == 1:
         new_params, new_state, diagnostics = velo_update(
-            theta, state, params, grads, loss, step_scale
+            theta, state, params, grads, loss, step_scale, fraction_trained
         )
         return new_params, new_state, None, diagnostics
 
@@ -128,17 +163,24 @@ def prefab_update(
     def run_velo():
         mean_grads = [s / num_accumulated for s in grad_sums]
         new_params, new_state, diagnostics = velo_update(
-            theta, state, params, mean_grads, loss_sum / num_accumulated, step_scale
+            theta, state, params, mean_grads, loss_sum / num_accumulated, step_scale,
+            fraction_trained,
         )
         zeros = [ops.zeros_like(s) for s in grad_sums]
         return new_params, new_state, zeros, ops.zeros_like(loss_sum), diagnostics
 
     def only_accumulate():
-        fraction = ops.cast(state.iteration, "float32") / ops.cast(
-            state.num_steps, "float32"
-        )
+        if fraction_trained is None:
+            fraction = ops.cast(state.iteration, "float32") / ops.cast(
+                state.num_steps, "float32"
+            )
+        else:
+            fraction = ops.cast(fraction_trained, "float32")
         diagnostics = StepDiagnostics(
-            fraction, ops.zeros([9], "float32"), ops.zeros([len(params)], "float32")
+            fraction,
+            ops.zeros([9], "float32"),
+            ops.zeros([len(params)], "float32"),
+            ops.convert_to_tensor(False),
         )
         params_now = [ops.convert_to_tensor(p) for p in params]
         return params_now, state, grad_sums, loss_sum, diagnostics

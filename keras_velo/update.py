@@ -85,12 +85,14 @@ class StepDiagnostics(NamedTuple):
     """What VeLO saw and decided in one update (for logging, never needed).
 
     Fields: `fraction_trained` `[]`, `loss_features` `[9]`, `lr_mult` `[N]`
-    (the per-tensor step multipliers; 0 on calls that only accumulate).
+    (the per-tensor step multipliers; 0 on calls that only accumulate),
+    `skipped` `[]` bool (the update was dropped: non-finite loss or gradient).
     """
 
     fraction_trained: object
     loss_features: object
     lr_mult: object
+    skipped: object = False
 
 
 def init_tensor_state(theta, shape, dtype="float32"):
@@ -148,7 +150,7 @@ def _as_work_shape(accumulators, work_shape):
     )
 
 
-def velo_update(theta, state, params, grads, loss, step_scale=1.0):
+def velo_update(theta, state, params, grads, loss, step_scale=1.0, fraction_trained=None):
     """Applies one VeLO update; returns `(new_params, new_state, StepDiagnostics)`.
 
     Args:
@@ -159,6 +161,8 @@ def velo_update(theta, state, params, grads, loss, step_scale=1.0):
         loss: scalar training loss of this step.
         step_scale: multiplies every step (the optimizer's learning rate;
             1.0 is the reference).
+        fraction_trained: overrides `iteration / num_steps` (e.g. elapsed
+            time / time budget); None is the reference.
 
     New params are `p + ((p - step) - p)`, the reference optax adapter's
     round trip, and every new leaf keeps the dtype of the old one.
@@ -167,7 +171,10 @@ def velo_update(theta, state, params, grads, loss, step_scale=1.0):
     rnn_params = theta["rnn_params"]
     buffer = update_loss_buffer(state.loss_buffer, loss)
     loss_feats = loss_features(buffer)
-    fraction = ops.cast(state.iteration, "float32") / ops.cast(state.num_steps, "float32")
+    if fraction_trained is None:
+        fraction = ops.cast(state.iteration, "float32") / ops.cast(state.num_steps, "float32")
+    else:
+        fraction = ops.cast(fraction_trained, "float32")
     fraction_feats = fraction_features(fraction)
 
     # Rank-0 tensors are handled as shape [1] throughout.

@@ -92,10 +92,21 @@ def test_total_steps_must_be_positive(bad):
         VeLO(total_steps=bad, weights=None)
 
 
-@pytest.mark.parametrize("bad", [2.5, 100.0, "100", True, None])
+@pytest.mark.parametrize("bad", [2.5, 100.0, "100", True])
 def test_total_steps_must_be_an_integer(bad):
     with pytest.raises(ValueError, match=r"`total_steps` must be a positive integer .* got"):
         VeLO(total_steps=bad, weights=None)
+
+
+def test_unknown_total_steps_must_be_set_before_the_first_update():
+    optimizer, variables = VeLO(weights=None), _variables()
+    with pytest.raises(ValueError, match="does not know how many steps"):
+        optimizer.apply(_grads(), variables, loss=1.0)
+    optimizer.set_total_steps(50)
+    optimizer.apply(_grads(), variables, loss=1.0)
+    assert int(optimizer.velo_state().num_steps) == 50
+    with pytest.raises(ValueError, match="before its first update"):
+        optimizer.set_total_steps(60)
 
 
 def test_numpy_integers_are_accepted():

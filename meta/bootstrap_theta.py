@@ -1,0 +1,407 @@
+"""The bootstrap theta: hand-set VeLO weights that ship as `weights="bundled"`.
+
+What it is
+----------
+Google's meta-trained VeLO checkpoint cannot be fetched on every machine
+(keras-velo does not redistribute it), so keras-velo ships its own theta
+in the official format (H=512 LSTM, K=256 MLP sets; `read_checkpoint` reads
+it). Until keras-velo's own meta-training exists, that theta is *set by
+hand* here: not learned, but written down so that VeLO's step is a known,
+sensible rule. The file is rebuilt byte for byte by
+
+    python -m meta.bootstrap_theta --out keras_velo/weights/bundled
+
+(gzip-compressed `params.gz` plus `config.gin`). `--tune` re-runs the small
+search that chose `DEFAULT_CONSTANTS` (see `meta/bootstrap_tuning.py`); the
+chosen values are written below, so building never runs the search.
+
+The rule it encodes
+-------------------
+For every tensor p, with `u = m_0 * rsqrt(rms + 1e-6)` (momentum with decay
+0.9 over the root of VeLO's rms, i.e. Adam's direction without bias
+correction; spec §5.8, group 5):
+
+    p_new = p - lambda(frac) * boost(p) * 0.001 * rms(p) * u / rms_tensor(u)
+
+a per-tensor-normalised Adam direction times the tensor's own scale
+(LAMB-like trust ratio), with a warm-up then cosine-decay schedule over the
+fraction of training `frac = iteration / total_steps`. How theta makes
+VeLO compute it (spec §5.5-5.10; every weight not named here is zero):
+
+* Per-parameter MLP (all 256 sets identical in their direction weights;
+  `rnn_to_controls/b = 0.01` and `w = 0` except for the boost unit below, so
+  `100 * mean_k(0.01 * Theta_k) = Theta`): first-layer unit 0 reads
+  `+u_hat`, unit 1 reads `-u_hat` (u_hat is the channel after VeLO's
+  per-tensor RMS normalisation), the second layer copies them, and the
+  direction output is `relu(u_hat) - relu(-u_hat) = u_hat`, which has unit
+  RMS over the tensor.
+* lambda (`rnn_params/step_size`): the hypernetwork input mix
+  `linear_2` copies the 9 training-fraction features `tanh(10 (frac - tau))`
+  into LSTM units; `linear_1` is zero, so the cross-tensor max is 0; `linear`
+  (dead in the reference) is zero. Each used LSTM unit has its input gate
+  saturated open, its forget gate saturated closed (no memory) and its output
+  gate open, so it outputs `tanh(tanh(gain * feature))`. Units with gains 1
+  and 3 on each fraction feature span a family of smooth schedules; the
+  step-size head is the ridge least-squares fit of `peak_lr_mult *
+  target_schedule(frac)` (linear warm-up to `warmup_fraction`, cosine decay
+  to `final_lr_fraction * peak` at frac = 1, held after) onto them.
+  `lstm_init_state` is zero. lambda is the same for every tensor.
+* Small-tensor boost (the magnitude output mu, `step *= exp(0.001 mu)`):
+  VeLO scales every step by `rms(p) = sqrt(mean p² + 1e-9)`, so a
+  zero-initialised bias would move by ~3e-8 per step. One more LSTM unit
+  reads LSTM feature 24, `cla(var_m) = 0.5 log(10 var(m_0) / mean p²)`
+  (clipped to ±2.5), a log ratio of the momentum spread to the tensor's
+  scale, and through `rnn_to_controls` shifts the mixing coefficients of
+  the 256 MLP sets (+ for the first 128, - for the rest) whose magnitude
+  biases `b2[:, 1]` are `mu0 ± mu0`: the direction weights are untouched
+  (the shifts cancel) and `exp(0.001 mu)` runs smoothly from 1 (momentum
+  much smaller than the parameters) to `small_tensor_boost` (momentum
+  spread more than ~2x the parameters' RMS). Zero biases get the full boost
+  from their second update on, and lose it as they grow.
+
+Limits
+------
+* Not meta-trained: a hand-set normalised-momentum (LAMB-like) rule with a
+  schedule, tuned on a few small sklearn-digits tasks. VeLO's loss features
+  and most of its LSTM are unused; there is no memory across steps.
+* The step is relative to the tensor's RMS: tensors that start at zero rely
+  on the boost; tensors with a single element, or whose momentum is uniform
+  (zero spread), never get it, so e.g. a `Dense(1)` output bias that starts
+  at zero barely moves. The first update (zero momentum) is never boosted.
+* The schedule's warm-up is limited by VeLO's fraction features (the sharpest
+  has width ~0.1 of training): lambda starts at ~15% of its peak, not 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import sys
+
+import numpy as np
+
+from keras_velo.theta import (
+    DEFAULT_LSTM_HIDDEN_SIZE,
+    DEFAULT_NUM_PARAM_INITS,
+    MLP_INPUT_GROUP_WIDTHS,
+    NUM_TENSOR_FEATURES,
+    theta_shapes,
+    unflatten_theta,
+    validate_theta,
+)
+
+# Mirrors of the VeLO constants this construction relies on (spec §5.3-5.10);
+# kept here so building a theta needs numpy only.
+FRACTION_TIMESCALES = (0.03, 0.1, 0.2, 0.4, 0.6, 0.8, 0.9, 1.0, 1.1)
+FRACTION_SHARPNESS = 10.0
+MLP_WEIGHT_MIX_SCALE = 100.0
+EXP_MULT = 0.001
+LSTM_FORGET_BIAS = 1.0
+CONTROL_BIAS = 0.01  # with MLP_WEIGHT_MIX_SCALE: 100 * mean_k(0.01 * Theta_k) = Theta
+
+# Indices into VeLO's inputs.
+MOMENTUM_SPREAD_FEATURE = 24  # LSTM feature `cla(var_m)` for momentum decay 0.9 (spec §5.4)
+DIRECTION_GROUPS = {  # MLP input groups with one channel per momentum decay (spec §5.8)
+    "m": 3,
+    "m_rsqrt_rms": 5,
+    "fac_g": 7,
+    "fac_mom_mult": 13,
+}
+PARAM_GROUP = 2  # MLP input group "p", the parameters themselves
+GENERATION_ID = "keras_velo bootstrap theta"
+
+
+@dataclasses.dataclass(frozen=True)
+class BootstrapConstants:
+    """The hand-set numbers of the bootstrap theta (see the module docstring).
+
+    Attributes:
+        peak_lr_mult: lambda at the top of the schedule; the relative step
+            per update there is `peak_lr_mult * 0.001` of the tensor's RMS.
+        warmup_fraction: the target schedule rises linearly over
+            `[0, warmup_fraction]` of training (the fit smooths it).
+        final_lr_fraction: lambda at frac >= 1, as a fraction of the peak
+            (cosine decay in between).
+        direction_group: MLP input group the direction is read from, one of
+            `DIRECTION_GROUPS` ("m_rsqrt_rms": Adam-like).
+        direction_decay: which of the group's 3 decay channels (0: 0.9).
+        weight_decay: the direction is `u_hat + weight_decay * p_hat` (p_hat:
+            the parameters normalised like every channel), i.e. decoupled
+            weight decay of `lambda * 0.001 * weight_decay` per step,
+            scheduled with lambda; it bounds the growth of the weights that
+            relative steps otherwise make exponential.
+        small_tensor_boost: the largest step multiplier `exp(0.001 mu)` for
+            tensors much smaller than their momentum; 1.0 turns it off.
+        boost_threshold: the value of LSTM feature 24 (`cla(var_m)`, in
+            [-2.5, 2.5]) at which the boost is half way (in log scale).
+        boost_sharpness: gain of the boost unit on that feature.
+        schedule_gains: gains of the LSTM units on each fraction feature.
+        schedule_ridge: ridge penalty of the schedule fit.
+        gate_saturation: |bias| that saturates the LSTM gates.
+    """
+
+    peak_lr_mult: float = 20.0
+    warmup_fraction: float = 0.05
+    final_lr_fraction: float = 0.05
+    direction_group: str = "m_rsqrt_rms"
+    direction_decay: int = 0
+    weight_decay: float = 0.0
+    small_tensor_boost: float = 1000.0
+    boost_threshold: float = 1.5
+    boost_sharpness: float = 2.0
+    schedule_gains: tuple = (1.0, 3.0)
+    schedule_ridge: float = 1e-4
+    gate_saturation: float = 40.0
+
+    def __post_init__(self):
+        def positive(name):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+                raise ValueError(f"{name} must be a positive finite number, got {value!r}")
+
+        for name in ("peak_lr_mult", "boost_sharpness", "schedule_ridge", "gate_saturation"):
+            positive(name)
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay!r}")
+        if not 0 < self.warmup_fraction < 1:
+            raise ValueError(f"warmup_fraction must be in (0, 1), got {self.warmup_fraction!r}")
+        if not 0 < self.final_lr_fraction <= 1:
+            raise ValueError(
+                f"final_lr_fraction must be in (0, 1], got {self.final_lr_fraction!r}"
+            )
+        if self.direction_group not in DIRECTION_GROUPS:
+            raise ValueError(
+                f"direction_group must be one of {sorted(DIRECTION_GROUPS)}, "
+                f"got {self.direction_group!r}"
+            )
+        if self.direction_decay not in (0, 1, 2):
+            raise ValueError(f"direction_decay must be 0, 1 or 2, got {self.direction_decay!r}")
+        if not (math.isfinite(self.small_tensor_boost) and self.small_tensor_boost >= 1):
+            raise ValueError(
+                f"small_tensor_boost must be >= 1, got {self.small_tensor_boost!r}"
+            )
+        if not -2.5 <= self.boost_threshold <= 2.5:
+            raise ValueError(
+                f"boost_threshold must be in [-2.5, 2.5] (the feature's range), "
+                f"got {self.boost_threshold!r}"
+            )
+        gains = tuple(self.schedule_gains)
+        if not gains or not all(g > 0 and math.isfinite(g) for g in gains):
+            raise ValueError(f"schedule_gains must be positive numbers, got {gains!r}")
+        object.__setattr__(self, "schedule_gains", tuple(float(g) for g in gains))
+
+
+DEFAULT_CONSTANTS = BootstrapConstants()
+"""The constants of the shipped `weights="bundled"` theta (chosen by `--tune`)."""
+
+
+def target_schedule(fraction, constants: BootstrapConstants = DEFAULT_CONSTANTS):
+    """The intended lambda / peak over the training fraction (numpy, any shape).
+
+    Linear warm-up from 0 to 1 over `[0, warmup_fraction]`, then a cosine
+    from 1 down to `final_lr_fraction` at fraction 1, held constant after.
+    The theta realises a smooth least-squares fit of it (`lr_mult_schedule`).
+    """
+    fraction = np.asarray(fraction, np.float64)
+    warmup, final = constants.warmup_fraction, constants.final_lr_fraction
+    rise = np.clip(fraction / warmup, 0.0, 1.0)
+    progress = np.clip((fraction - warmup) / (1.0 - warmup), 0.0, 1.0)
+    decay = final + (1.0 - final) * 0.5 * (1.0 + np.cos(np.pi * progress))
+    return np.where(fraction < warmup, rise, decay)
+
+
+def _fraction_features(fraction):
+    """`[..., 9]`: VeLO's training-fraction features (spec §5.3), float64."""
+    fraction = np.asarray(fraction, np.float64)[..., None]
+    return np.tanh(FRACTION_SHARPNESS * (fraction - np.asarray(FRACTION_TIMESCALES)))
+
+
+def _saturated_unit(pre_activation):
+    """What an LSTM unit with open input/output gates and no memory outputs."""
+    return np.tanh(np.tanh(pre_activation))
+
+
+def _schedule_units(fraction, constants):
+    """`[..., U]`: the outputs of the schedule's LSTM units at `fraction`."""
+    features = _fraction_features(fraction)
+    return np.concatenate(
+        [_saturated_unit(gain * features) for gain in constants.schedule_gains], axis=-1
+    )
+
+
+def _fit_step_size_head(constants):
+    """Ridge least squares of `peak * target_schedule` on the schedule units.
+
+    Returns `(weights [U], bias)` of the step-size head, float64. The grid
+    runs past fraction 1 (to 1.5) so that overrunning `total_steps` keeps the
+    final value instead of extrapolating.
+    """
+    grid = np.linspace(0.0, 1.5, 1501)
+    design = np.concatenate([_schedule_units(grid, constants), np.ones((grid.size, 1))], axis=1)
+    target = constants.peak_lr_mult * target_schedule(grid, constants)
+    gram = design.T @ design + constants.schedule_ridge * grid.size * np.eye(design.shape[1])
+    solution = np.linalg.solve(gram, design.T @ target)
+    return solution[:-1], float(solution[-1])
+
+
+def lr_mult_schedule(fraction, constants: BootstrapConstants = DEFAULT_CONSTANTS):
+    """lambda (VeLO's `lr_mult`) that `bootstrap_theta(constants)` gives at `fraction`.
+
+    Computed in float64 numpy from the same construction; VeLO's float32
+    forward pass agrees to ~1e-5 relative.
+    """
+    weights, bias = _fit_step_size_head(constants)
+    return _schedule_units(fraction, constants) @ weights + bias
+
+
+def _boost_unit(feature, constants):
+    return _saturated_unit(constants.boost_sharpness * (feature - constants.boost_threshold))
+
+
+def boost_factor(momentum_spread_feature, constants: BootstrapConstants = DEFAULT_CONSTANTS):
+    """The step multiplier `exp(0.001 mu)` for a value of LSTM feature 24.
+
+    Smoothly 1 for low values (momentum spread small next to the tensor's
+    RMS) up to `small_tensor_boost` at the feature's top (2.5).
+    """
+    top = math.tanh(1.0)
+    log_boost = math.log(constants.small_tensor_boost)
+    unit = _boost_unit(np.asarray(momentum_spread_feature, np.float64), constants)
+    return np.exp(log_boost * 0.5 * (1.0 + unit / top))
+
+
+def bootstrap_theta(**constants) -> dict:
+    """The bootstrap theta (numpy float32 nested dict, H=512, K=256).
+
+    Keyword arguments override fields of `DEFAULT_CONSTANTS`
+    (`BootstrapConstants`); with none, this is exactly the theta shipped as
+    `weights="bundled"`. Deterministic: no randomness is involved.
+
+    Example:
+        >>> theta = bootstrap_theta()
+        >>> validate_theta(theta, source="bootstrap")
+        >>> theta["rnn_params"]["step_size"]["w"].shape
+        (512, 1)
+        >>> louder = bootstrap_theta(peak_lr_mult=40.0)
+    """
+    config = dataclasses.replace(DEFAULT_CONSTANTS, **constants)
+    hidden, inits = DEFAULT_LSTM_HIDDEN_SIZE, DEFAULT_NUM_PARAM_INITS
+    flat = {path: np.zeros(shape, np.float64) for path, shape in theta_shapes().items()}
+
+    def leaf(*path):
+        return flat[path]
+
+    num_fraction = len(FRACTION_TIMESCALES)
+    schedule_units = [
+        (gain, k) for gain in config.schedule_gains for k in range(num_fraction)
+    ]
+    boost_unit = len(schedule_units)
+    if boost_unit + 1 > hidden:
+        raise ValueError(f"{boost_unit + 1} LSTM units needed, only {hidden} exist")
+    candidate = slice(hidden, 2 * hidden)  # gate column blocks (i, g, f, o)
+
+    # Mix layer C (`linear_2`) copies the fraction features and feature 24
+    # into LSTM input units; `linear` (dead) and `linear_1` (max-pooled) stay 0.
+    mix_w = leaf("rnn_params", "linear_2", "w")
+    for unit, (gain, k) in enumerate(schedule_units):
+        mix_w[k, unit] = gain
+    mix_w[MOMENTUM_SPREAD_FEATURE, boost_unit] = config.boost_sharpness
+
+    # LSTM: unit u's candidate reads input unit u; gates saturated; h ignored.
+    gate_w = leaf("rnn_params", "rnn/linear", "w")
+    gate_b = leaf("rnn_params", "rnn/linear", "b")
+    saturation = config.gate_saturation
+    for unit in range(boost_unit + 1):
+        gate_w[unit, candidate.start + unit] = 1.0
+        gate_b[unit] = saturation  # input gate open
+        gate_b[2 * hidden + unit] = -saturation - LSTM_FORGET_BIAS  # forget gate closed
+        gate_b[3 * hidden + unit] = saturation  # output gate open
+    gate_b[candidate.start + boost_unit] = -config.boost_sharpness * config.boost_threshold
+
+    # Step-size head: the fitted schedule.
+    head_w, head_b = _fit_step_size_head(config)
+    leaf("rnn_params", "step_size", "w")[: len(schedule_units), 0] = head_w
+    leaf("rnn_params", "step_size", "b")[0] = head_b
+
+    # Controls: 0.01 for every set, plus +-c * boost unit (first / second half).
+    half = inits // 2
+    signs = np.where(np.arange(inits) < half, 1.0, -1.0)
+    if inits % 2:
+        signs[-1] = 0.0
+    top = math.tanh(1.0)
+    leaf("rnn_params", "rnn_to_controls", "b")[:] = CONTROL_BIAS
+    leaf("rnn_params", "rnn_to_controls", "w")[boost_unit, :] = signs / (
+        MLP_WEIGHT_MIX_SCALE * top
+    )
+
+    # The per-parameter MLP, identical in all sets except b2[:, 1] = mu0 +- mu0.
+    group = DIRECTION_GROUPS[config.direction_group]
+    first = leaf("ff_mod_stack", "~", f"w0__{group}")
+    first[:, config.direction_decay, 0] = 1.0
+    first[:, config.direction_decay, 1] = -1.0
+    decay = leaf("ff_mod_stack", "~", f"w0__{PARAM_GROUP}")
+    decay[:, 0, 0] = config.weight_decay
+    decay[:, 0, 1] = -config.weight_decay
+    second = leaf("ff_mod_stack", "~", "w1")
+    second[:, 0, 0] = 1.0
+    second[:, 1, 1] = 1.0
+    third = leaf("ff_mod_stack", "~", "w2")
+    third[:, 0, 0] = 1.0
+    third[:, 1, 0] = -1.0
+    # mu = mu0 (1 + h/tanh(1)) runs from 0 to log(boost)/0.001 as h = boost unit
+    # runs over (-tanh(1), tanh(1)); the shifted controls carry the h term.
+    mu0 = 0.5 * math.log(config.small_tensor_boost) / EXP_MULT
+    leaf("ff_mod_stack", "~", "b2")[:, 1] = mu0 + mu0 * signs
+
+    theta = unflatten_theta({path: value.astype(np.float32) for path, value in flat.items()})
+    validate_theta(theta, source="bootstrap_theta")
+    return theta
+
+
+def write_bootstrap_checkpoint(directory, **constants):
+    """Writes `bootstrap_theta(**constants)` as `directory/params.gz` + `config.gin`.
+
+    Returns the path of `params.gz`. The bytes are deterministic (gzip with
+    mtime 0 and no file name).
+    """
+    from keras_velo.checkpoint import write_checkpoint
+
+    path = str(directory)
+    if not path.endswith("/"):
+        path += "/"
+    return write_checkpoint(
+        path, bootstrap_theta(**constants), gen_id=GENERATION_ID, step=0, compress=True
+    )
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(
+        prog="python -m meta.bootstrap_theta",
+        description="Build keras-velo's bootstrap theta (weights='bundled').",
+    )
+    parser.add_argument(
+        "--out", default="keras_velo/weights/bundled",
+        help="output directory for params.gz and config.gin (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--tune", action="store_true",
+        help="run the small search that chose the default constants (JAX backend) "
+        "and print its table; writes nothing",
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="with --tune: a smaller search (smoke test)"
+    )
+    args = parser.parse_args(argv)
+    if args.tune:
+        from meta.bootstrap_tuning import run_search
+
+        run_search(quick=args.quick)
+        return 0
+    path = write_bootstrap_checkpoint(args.out)
+    print(f"wrote {path} ({path.stat().st_size:,} bytes)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
