@@ -43,7 +43,9 @@ MISSING_LOSS_MESSAGE = (
     "with `optimizer.apply(grads, variables, loss=loss)`, "
     "`optimizer.apply_gradients(zip(grads, variables), loss=loss)` or "
     "`optimizer.stateless_apply(opt_vars, grads, train_vars, loss=loss)`. "
-    "Keras' built-in `model.fit()` does not hand the loss to optimizers."
+    "Keras' `model.fit()` does not hand the loss to optimizers: call "
+    "`keras_velo.attach(model)` after `model.compile(...)` (and again after "
+    "`keras.saving.load_model`)."
 )
 
 
@@ -459,11 +461,23 @@ class VeLO(keras.optimizers.Optimizer):
         self.assign(self._last_lr_mult, lr_mult)
 
     def _state_variables(self, indices):
+        """`VeLOState` of variables for the tensors at `indices`.
+
+        Rebuilt from the stored pieces each time: TensorFlow's attribute
+        tracking wraps tuples stored on the optimizer in proxies that
+        `keras.tree` does not always see through.
+        """
+
+        def tensor_state(stored):
+            return TensorState(
+                Accumulators(*stored.accumulators), stored.lstm_hidden, stored.lstm_cell
+            )
+
         return VeLOState(
             iteration=self._iteration,
             num_steps=self._num_steps,
-            loss_buffer=self._loss_buffer,
-            tensors=tuple(self._tensor_states[i] for i in indices),
+            loss_buffer=LossBuffer(*self._loss_buffer),
+            tensors=tuple(tensor_state(self._tensor_states[i]) for i in indices),
         )
 
     def _assign_tree(self, variables, values):

@@ -6,7 +6,9 @@
 * a name from `PUBLISHED_WEIGHTS` (`"velo"`): Google's published checkpoint,
   downloaded once over HTTPS and cached under `cache_dir()`.
 * `"bundled"`: weights shipped inside the keras-velo package (a
-  `BUNDLED_WEIGHTS` entry; none ship yet).
+  `BUNDLED_WEIGHTS` entry): keras-velo's bootstrap theta, a hand-set
+  normalised-momentum rule with a warm-up/decay schedule, not meta-trained
+  (built by `python -m meta.bootstrap_theta`; see `meta/bootstrap_theta.py`).
 * a path (str or os.PathLike) to a checkpoint directory holding `params`, or
   to the `params` file itself.
 * a dict: an in-memory theta (spec §3), validated and copied to float32.
@@ -76,13 +78,16 @@ class BundledWeights:
 
     Attributes:
         name: the `weights=` name, e.g. "bundled".
-        resource: path of the `params` file relative to `package`.
+        resource: path of the checkpoint file (`params`, or gzip-compressed
+            `params.gz`) relative to `package`.
         package: the importable package holding it.
+        description: what the weights are, for logs and `get_config`.
     """
 
     name: str
     resource: str
     package: str = "keras_velo"
+    description: str = ""
 
     def path(self):
         """The file as an importlib.resources Traversable."""
@@ -106,9 +111,20 @@ PUBLISHED_WEIGHTS: dict[str, PublishedWeights] = {
 }
 """Published checkpoints by `weights=` name. "velo" is the default pretrained VeLO."""
 
-BUNDLED_WEIGHTS: dict[str, BundledWeights] = {}
-"""Checkpoints shipped inside the package by `weights=` name. None ship yet;
-adding one is an entry here plus the package-data file."""
+BUNDLED_WEIGHTS: dict[str, BundledWeights] = {
+    "bundled": BundledWeights(
+        name="bundled",
+        resource="weights/bundled/params.gz",
+        description=(
+            "keras-velo bootstrap theta: hand-set normalised-momentum rule with a "
+            "training-fraction schedule, not meta-trained"
+        ),
+    ),
+}
+"""Checkpoints shipped inside the package by `weights=` name; adding one is an
+entry here plus the package-data file (pyproject.toml `package-data`).
+"bundled" is rebuilt byte for byte by
+`python -m meta.bootstrap_theta --out keras_velo/weights/bundled`."""
 
 BUNDLED_NAME = "bundled"
 
@@ -145,9 +161,9 @@ def _alternatives(entry: PublishedWeights) -> str:
     return (
         "Alternatives: download the file on a machine with internet access and "
         f"put it at {entry.cache_path()} (or pass its path as "
-        'weights="/path/to/params"); use weights="bundled" (the weights that '
-        "ship with keras-velo, when available); or use weights=None for randomly "
-        "initialised weights."
+        'weights="/path/to/params"); use weights="bundled" (the bootstrap weights '
+        "that ship with keras-velo: a hand-set rule, not meta-trained); or use "
+        "weights=None for randomly initialised weights."
     )
 
 
@@ -270,15 +286,23 @@ def load_published_weights(name: str, *, download: bool = True, timeout: float =
 def _load_bundled(name: str) -> dict:
     if name not in BUNDLED_WEIGHTS:
         raise CheckpointError(
-            f"weights={name!r}: bundled weights are not shipped with keras-velo yet. "
+            f"weights={name!r}: no bundled weights of that name are shipped with this "
+            f"keras-velo (shipped: {sorted(BUNDLED_WEIGHTS)}). "
             f'Use weights="velo" (downloads the published VeLO checkpoint), a path '
             'to a checkpoint (weights="/path/to/params"), or weights=None for '
             "randomly initialised weights."
         )
     import importlib.resources
 
-    with importlib.resources.as_file(BUNDLED_WEIGHTS[name].path()) as file:
-        return read_checkpoint(file)
+    entry = BUNDLED_WEIGHTS[name]
+    try:
+        with importlib.resources.as_file(entry.path()) as file:
+            return read_checkpoint(file)
+    except FileNotFoundError as error:  # e.g. an install that left out package data
+        raise CheckpointError(
+            f"weights={name!r}: the bundled file {entry.resource!r} is missing from "
+            f"the installed package {entry.package!r} ({error}); reinstall keras-velo."
+        ) from error
 
 
 def resolve_weights(weights, *, seed: int = 0) -> tuple[dict, str]:
@@ -318,7 +342,9 @@ def resolve_weights(weights, *, seed: int = 0) -> tuple[dict, str]:
         return (load_published_weights(weights),
                 f"published weights '{weights}' ({entry.checkpoint_name})")
     if isinstance(weights, str) and (weights in BUNDLED_WEIGHTS or weights == BUNDLED_NAME):
-        return _load_bundled(weights), f"bundled weights '{weights}'"
+        theta = _load_bundled(weights)
+        about = BUNDLED_WEIGHTS[weights].description
+        return theta, f"bundled weights '{weights}'" + (f" ({about})" if about else "")
     if isinstance(weights, (str, os.PathLike)):
         if os.path.exists(weights):
             return read_checkpoint(weights), f"checkpoint {os.fspath(weights)}"

@@ -6,6 +6,7 @@ real format, and re-writing them byte for byte checks the writer.
 No Keras here: these tests behave the same under every KERAS_BACKEND.
 """
 
+import gzip
 import json
 import math
 import os
@@ -504,3 +505,102 @@ def test_float64_file_is_cast_to_float32(tmp_path, small_theta):
     tree = unflatten_theta({p: v.astype(np.float64) for p, v in flatten_theta(small_theta).items()})
     theta = read_checkpoint(_write_tree(tmp_path, tree))
     _assert_bit_equal(theta, small_theta)
+
+
+# --- gzip-compressed checkpoints (the bundled weights ship as params.gz)
+
+
+def _as_directory(path):
+    """A path string with a trailing separator: write_checkpoint writes into it."""
+    return str(path) + os.sep
+
+
+def test_write_compressed_round_trip(tmp_path, small_theta):
+    path = write_checkpoint(_as_directory(tmp_path / "ckpt"), small_theta, gen_id="gz", step=3,
+                            compress=True)
+    assert path == tmp_path / "ckpt" / "params.gz"
+    assert sorted(p.name for p in path.parent.iterdir()) == ["config.gin", "params.gz"]
+    plain = write_checkpoint(tmp_path / "plain.msgpack", small_theta, gen_id="gz", step=3)
+    assert gzip.decompress(path.read_bytes()) == plain.read_bytes()
+    for source in (path.parent, path, str(path)):  # the directory, the file, a str
+        _assert_bit_equal(read_checkpoint(source), small_theta)
+
+
+def test_write_compressed_is_deterministic(tmp_path, small_theta):
+    first = write_checkpoint(_as_directory(tmp_path / "a"), small_theta, compress=True).read_bytes()
+    second = write_checkpoint(_as_directory(tmp_path / "b"), small_theta, compress=True).read_bytes()
+    assert first == second
+    # RFC 1952 header: magic, deflate, no flags (so no file name), mtime 0.
+    assert first[:4] == b"\x1f\x8b\x08\x00"
+    assert first[4:8] == b"\x00\x00\x00\x00"
+
+
+def test_compressed_file_with_any_name_is_detected(tmp_path, small_theta):
+    target = tmp_path / "files" / "theta.bin"
+    assert write_checkpoint(target, small_theta, compress=True) == target
+    assert sorted(p.name for p in target.parent.iterdir()) == ["theta.bin"]
+    _assert_bit_equal(read_checkpoint(target), small_theta)
+
+
+def test_gzip_written_by_other_tools_is_read(golden_dir, golden_reference, tmp_path):
+    """A gzip with a file name and a time stamp in its header (Python's gzip module)."""
+    raw = (golden_dir / "velo_random_theta" / "params").read_bytes()
+    with gzip.GzipFile(tmp_path / "params.gz", "wb", mtime=1_700_000_000) as stream:
+        stream.write(raw)
+    _assert_bit_equal(read_checkpoint(tmp_path), golden_reference["velo_random_theta"]["params"])
+
+
+def test_directory_prefers_params_and_writes_replace_the_other_kind(tmp_path, small_theta):
+    other = init_theta(seed=99, lstm_hidden_size=8, num_param_inits=4)
+    write_checkpoint(tmp_path, small_theta)
+    (tmp_path / "params.gz").write_bytes(gzip.compress((tmp_path / "params").read_bytes()))
+    write_checkpoint(tmp_path / "x.msgpack", other)
+    (tmp_path / "params").write_bytes((tmp_path / "x.msgpack").read_bytes())
+    (tmp_path / "x.msgpack").unlink()
+    _assert_bit_equal(read_checkpoint(tmp_path), other)  # `params` wins over `params.gz`
+    write_checkpoint(tmp_path, small_theta, compress=True)  # replaces the stale `params`
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.gin", "params.gz"]
+    _assert_bit_equal(read_checkpoint(tmp_path), small_theta)
+    write_checkpoint(tmp_path, other)  # and back
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.gin", "params"]
+    _assert_bit_equal(read_checkpoint(tmp_path), other)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "flipped", "bad header"])
+def test_corrupt_gzip(tmp_path, small_theta, damage):
+    path = write_checkpoint(_as_directory(tmp_path / "ckpt"), small_theta, compress=True)
+    data = bytearray(path.read_bytes())
+    if damage == "truncated":
+        data = data[: len(data) // 2]
+    elif damage == "flipped":
+        middle = len(data) // 2
+        data[middle : middle + 16] = bytes(b ^ 0xFF for b in data[middle : middle + 16])
+    else:
+        data[2] = 99  # compression method other than deflate
+    path.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError) as info:
+        read_checkpoint(path.parent)
+    message = str(info.value)
+    assert str(path) in message
+    assert "gzip" in message and "corrupt or truncated" in message
+
+
+def test_gzip_of_something_else(tmp_path):
+    path = tmp_path / "params.gz"
+    path.write_bytes(gzip.compress(b"not a checkpoint at all"))
+    with pytest.raises(CheckpointError, match="not a msgpack checkpoint"):
+        read_checkpoint(tmp_path)
+
+
+def test_write_compress_must_be_bool(tmp_path, small_theta):
+    with pytest.raises(TypeError, match="compress"):
+        write_checkpoint(tmp_path, small_theta, compress="yes")
+    assert not any(tmp_path.iterdir())
+
+
+def test_directory_without_either_params_file(tmp_path):
+    (tmp_path / "notes.txt").write_text("nothing here\n")
+    with pytest.raises(CheckpointError) as info:
+        read_checkpoint(tmp_path)
+    assert "'params'" in str(info.value) and "'params.gz'" in str(info.value)
+    assert "notes.txt" in str(info.value)

@@ -1,0 +1,379 @@
+"""Training with `model.fit` after `keras_velo.attach(model)`, on every backend.
+
+JAX and TensorFlow run with XLA (`jit_compile=True`), PyTorch eagerly
+(torch.compile takes a minute per model on these CPUs).
+"""
+
+import warnings
+
+import keras
+import numpy as np
+import pytest
+from keras import ops
+
+import golden_data
+import keras_velo
+from keras_velo import NonFiniteTrainingError, VeLO
+from keras_velo.callbacks import infer_total_steps
+
+THETA = str(golden_data.GOLDEN_DIR / "velo_perturbed_theta")
+BACKEND = keras.backend.backend()
+JIT = BACKEND != "torch"
+BATCH = 16
+
+
+def _data(num=64, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(num, 6)).astype("float32")
+    y = (x[:, :1] - 0.5 * x[:, 1:2] + 0.1).astype("float32")
+    return x, y
+
+
+def _model(seed=0, regularize=False, dtype=None):
+    keras.utils.set_random_seed(seed) if False else None  # noqa: E501 (numpy init below)
+    rng = np.random.default_rng(seed)
+    kwargs = {"kernel_regularizer": keras.regularizers.L2(0.01)} if regularize else {}
+    model = keras.Sequential(
+        [
+            keras.Input((6,)),
+            keras.layers.Dense(8, activation="tanh", dtype=dtype, **kwargs),
+            keras.layers.Dense(1, dtype=dtype),
+        ]
+    )
+    model.set_weights([rng.normal(size=w.shape).astype("float32") * 0.5 for w in model.get_weights()])
+    return model
+
+
+def _compiled(optimizer=None, seed=0, **model_kwargs):
+    model = _model(seed, **model_kwargs)
+    optimizer = optimizer or VeLO(total_steps=8, weights=THETA)
+    model.compile(optimizer=optimizer, loss="mse", jit_compile=JIT)
+    return keras_velo.attach(model)
+
+
+def _weights(model):
+    return [np.asarray(w, np.float32) for w in model.get_weights()]
+
+
+class _RecordFedLoss(keras.callbacks.Callback):
+    """Weights before each batch and the loss VeLO holds after it."""
+
+    def __init__(self, velo):
+        super().__init__()
+        self.velo, self.weights, self.fed, self.counts = velo, [], [], []
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self.weights.append(self.model.get_weights())  # on JAX, syncs state first
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.model  # noqa: B018 (sync on JAX)
+        self.fed.append(float(ops.convert_to_numpy(self.velo.loss_variable.value)))
+        self.counts.append(int(ops.convert_to_numpy(self.velo._loss_buffer.iteration.value)))
+
+
+def _batch_loss(model, weights, x, y):
+    model.set_weights(weights)
+    y_pred = model(x, training=True)
+    return float(ops.convert_to_numpy(model.compute_loss(x=x, y=y, y_pred=y_pred)))
+
+
+def test_each_update_receives_its_batch_loss_once():
+    """The unscaled mean loss of the same batch, with regularisation, exactly once."""
+    x, y = _data()
+    velo = VeLO(total_steps=8, weights=THETA)
+    model = _compiled(velo, regularize=True)
+    recorder = _RecordFedLoss(velo)
+    model.fit(x, y, batch_size=BATCH, epochs=2, shuffle=False, verbose=0, callbacks=[recorder])
+    assert recorder.counts == list(range(1, 9))
+    batches = [(x[i : i + BATCH], y[i : i + BATCH]) for i in range(0, len(x), BATCH)] * 2
+    expected = [
+        _batch_loss(model, w, xb, yb) for w, (xb, yb) in zip(recorder.weights, batches)
+    ]
+    np.testing.assert_allclose(recorder.fed, expected, rtol=1e-5)
+    assert len(set(np.round(expected, 6))) == len(expected)  # the test can tell batches apart
+
+
+def test_fit_without_attach_fails_with_advice():
+    model = _model()
+    model.compile(optimizer=VeLO(total_steps=8, weights=THETA), loss="mse", jit_compile=JIT)
+    x, y = _data()
+    with pytest.raises(ValueError, match=r"keras_velo.attach\(model\)"):
+        model.fit(x, y, batch_size=BATCH, epochs=1, verbose=0)
+
+
+def test_attach_needs_a_velo_model():
+    model = _model()
+    with pytest.raises(ValueError, match="compiled with a VeLO optimizer"):
+        keras_velo.attach(model)
+    model.compile(optimizer="adam", loss="mse")
+    with pytest.raises(ValueError, match="compiled with a VeLO optimizer"):
+        keras_velo.attach(model)
+
+
+# --------------------------------------------------------------- horizon
+
+
+@pytest.mark.parametrize(
+    "fit_kwargs, compile_kwargs, optimizer_kwargs, expected",
+    [
+        ({}, {}, {}, 12),
+        ({}, {"steps_per_execution": 2}, {}, 12),
+        ({}, {}, {"gradient_accumulation_steps": 2}, 6),
+        ({}, {}, {"total_steps": 100}, 100),
+    ],
+    ids=["epochs-x-steps", "steps_per_execution", "gradient_accumulation", "explicit-wins"],
+)
+def test_total_steps_inferred_from_fit(fit_kwargs, compile_kwargs, optimizer_kwargs, expected):
+    if BACKEND == "torch" and compile_kwargs:
+        pytest.skip("steps_per_execution > 1 is not supported by Keras on torch")
+    velo = VeLO(weights=THETA, **optimizer_kwargs)
+    model = _model()
+    model.compile(optimizer=velo, loss="mse", jit_compile=JIT, **compile_kwargs)
+    keras_velo.attach(model)
+    x, y = _data()
+    model.fit(x, y, batch_size=BATCH, epochs=3, verbose=0, **fit_kwargs)
+    assert velo.total_steps == expected
+    accumulation = optimizer_kwargs.get("gradient_accumulation_steps", 1)
+    assert velo.diagnostics()["iteration"] == 12 // accumulation
+
+
+def test_unknown_dataset_length_needs_total_steps():
+    with pytest.raises(ValueError, match="steps_per_epoch"):
+        infer_total_steps({"epochs": 2, "steps": None})
+
+
+def test_running_past_total_steps_warns_once():
+    x, y = _data()
+    model = _compiled(VeLO(total_steps=4, weights=THETA))
+    with pytest.warns(RuntimeWarning, match="told total_steps=4") as record:
+        model.fit(x, y, batch_size=BATCH, epochs=3, verbose=0)
+    assert sum("told total_steps" in str(w.message) for w in record) == 1
+
+
+# ------------------------------------------------------------ non-finite
+
+
+def test_a_nan_batch_is_skipped_and_changes_nothing():
+    x, y = _data(32)
+    x_bad = x.copy()
+    x_bad[BATCH] = np.nan  # second batch
+    velo = VeLO(total_steps=8, weights=THETA)
+    model = _compiled(velo)
+
+    class Snapshot(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            self.model  # noqa: B018
+            if batch == 0:
+                self.after_first = (_weights(self.model), velo.velo_state())
+
+    snap = Snapshot()
+    with pytest.warns(RuntimeWarning, match="VeLO skipped an update"):
+        model.fit(x_bad, y, batch_size=BATCH, epochs=1, shuffle=False, verbose=0, callbacks=[snap])
+    weights_before, state_before = snap.after_first
+    for a, b in zip(_weights(model), weights_before):
+        np.testing.assert_array_equal(a, b)
+    for a, b in zip(keras.tree.flatten(velo.velo_state()), keras.tree.flatten(state_before)):
+        if a is not None:
+            np.testing.assert_array_equal(a, b)
+    assert velo.skipped_steps == 1
+
+
+def test_many_consecutive_skips_raise():
+    x, y = _data(64)
+    model = _compiled(VeLO(total_steps=8, weights=THETA, max_consecutive_skips=3))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        with pytest.raises(NonFiniteTrainingError, match="3 consecutive updates"):
+            model.fit(x * np.nan, y, batch_size=BATCH, epochs=2, verbose=0)
+
+
+def test_eager_apply_skips_non_finite_loss():
+    velo = VeLO(total_steps=8, weights=THETA, max_consecutive_skips=2)
+    variables = [keras.Variable(np.ones((3, 2), "float32"))]
+    grads = [np.full((3, 2), 0.1, "float32")]
+    velo.apply(grads, variables, loss=1.0)
+    before = _values = ops.convert_to_numpy(variables[0].value)
+    state = velo.velo_state()
+    with pytest.warns(RuntimeWarning, match="VeLO skipped an update"):
+        velo.apply(grads, variables, loss=float("nan"))
+    np.testing.assert_array_equal(ops.convert_to_numpy(variables[0].value), before)
+    assert int(velo.velo_state().iteration) == int(state.iteration)
+    with pytest.raises(NonFiniteTrainingError):
+        velo.apply([np.full((3, 2), np.inf, "float32")], variables, loss=1.0)
+    del _values
+
+
+# ----------------------------------------------------- saving and resuming
+
+
+def test_save_load_and_resume_like_an_uninterrupted_run(tmp_path):
+    x, y = _data()
+    straight = _compiled(VeLO(total_steps=8, weights=THETA))
+    straight.fit(x, y, batch_size=BATCH, epochs=2, shuffle=False, verbose=0)
+
+    first = _compiled(VeLO(total_steps=8, weights=THETA))
+    first.fit(x, y, batch_size=BATCH, epochs=1, shuffle=False, verbose=0)
+    path = tmp_path / "model.keras"
+    first.save(path)
+    resumed = keras_velo.attach(keras.saving.load_model(path))
+    assert isinstance(resumed.optimizer, VeLO)
+    assert resumed.optimizer.diagnostics()["iteration"] == 4
+    resumed.fit(x, y, batch_size=BATCH, epochs=1, shuffle=False, verbose=0)
+
+    for a, b in zip(_weights(resumed), _weights(straight)):
+        if BACKEND in ("jax", "tensorflow"):
+            np.testing.assert_array_equal(a, b)
+        else:  # torch: eager kernels may reassociate; stated tolerance
+            np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+    state_a = keras.tree.flatten(resumed.optimizer.velo_state())
+    state_b = keras.tree.flatten(straight.optimizer.velo_state())
+    for a, b in zip(state_a, state_b):
+        if a is not None:
+            np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+
+
+def test_theta_travels_with_the_saved_model(tmp_path, monkeypatch):
+    """A model trained from a local checkpoint loads where that path is missing."""
+    import shutil
+
+    local = tmp_path / "my_theta"
+    shutil.copytree(golden_data.GOLDEN_DIR / "velo_perturbed_theta", local)
+    x, y = _data()
+    model = _compiled(VeLO(total_steps=8, weights=str(local)))
+    model.fit(x, y, batch_size=BATCH, epochs=1, verbose=0)
+    model.save(tmp_path / "model.keras")
+    shutil.rmtree(local)
+    loaded = keras.saving.load_model(tmp_path / "model.keras")
+    w = loaded.optimizer.theta["rnn_params"]["rnn/linear"]["w"]
+    np.testing.assert_array_equal(w, golden_data.theta("velo_perturbed_theta")["rnn_params"]["rnn/linear"]["w"])
+
+
+# ------------------------------------------------------------ Keras features
+
+
+@pytest.mark.parametrize(
+    "optimizer_kwargs",
+    [
+        {"clipnorm": 0.1},
+        {"clipvalue": 0.01},
+        {"global_clipnorm": 0.1},
+        {"use_ema": True, "ema_overwrite_frequency": 2},
+        {"gradient_accumulation_steps": 2},
+        {"loss_scale_factor": 64.0},
+        {"learning_rate": keras.optimizers.schedules.ExponentialDecay(1.0, 4, 0.5)},
+    ],
+    ids=["clipnorm", "clipvalue", "global_clipnorm", "ema", "grad_accumulation", "loss_scale_factor", "lr_schedule"],
+)
+def test_keras_optimizer_features_keep_working(optimizer_kwargs):
+    x, y = _data()
+    velo = VeLO(total_steps=8, weights=THETA, **optimizer_kwargs)
+    model = _compiled(velo)
+    recorder = _RecordFedLoss(velo)
+    before = _weights(model)
+    model.fit(x, y, batch_size=BATCH, epochs=2, shuffle=False, verbose=0, callbacks=[recorder])
+    after = _weights(model)
+    assert all(np.all(np.isfinite(w)) for w in after)
+    assert any(not np.array_equal(a, b) for a, b in zip(after, before))
+    # The loss VeLO sees is the plain batch loss, never a scaled one.
+    assert max(recorder.fed) < 10.0
+
+
+def test_clipvalue_reaches_velo():
+    """Clipping happens before VeLO: with tiny clip values the accumulators stay tiny."""
+    x, y = _data()
+    velo = VeLO(total_steps=8, weights=THETA, clipvalue=1e-6)
+    model = _compiled(velo)
+    model.fit(x, y, batch_size=BATCH, epochs=1, verbose=0)
+    rms = max(float(np.max(t.accumulators.rms)) for t in velo.velo_state().tensors)
+    assert rms <= 1e-12
+
+
+@pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
+def test_mixed_precision(policy):
+    keras.mixed_precision.set_dtype_policy(policy)
+    try:
+        x, y = _data()
+        velo = VeLO(total_steps=8, weights=THETA)
+        model = _compiled(velo)
+        if policy == "mixed_float16":
+            assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
+        recorder = _RecordFedLoss(velo)
+        model.fit(x, y, batch_size=BATCH, epochs=2, shuffle=False, verbose=0, callbacks=[recorder])
+    finally:
+        keras.mixed_precision.set_dtype_policy("float32")
+    assert max(recorder.fed) < 10.0  # unscaled (the loss scale starts at 32768)
+    assert all(np.all(np.isfinite(w)) for w in _weights(model))
+    assert velo.diagnostics()["iteration"] > 0
+    for tensor in velo.velo_state().tensors:
+        assert tensor.accumulators.momentum.dtype == np.float32
+
+
+def test_bfloat16_variables_keep_float32_state():
+    x, y = _data()
+    velo = VeLO(total_steps=8, weights=THETA)
+    model = _compiled(velo, dtype="bfloat16")
+    assert all(keras.backend.standardize_dtype(v.dtype) == "bfloat16" for v in model.trainable_variables)
+    model.fit(x, y, batch_size=BATCH, epochs=1, verbose=0)
+    assert all(t.accumulators.momentum.dtype == np.float32 for t in velo.velo_state().tensors)
+    assert all(np.all(np.isfinite(w)) for w in _weights(model))
+
+
+@pytest.mark.backends("tensorflow")
+def test_sparse_embedding_gradients():
+    rng = np.random.default_rng(0)
+    tokens = rng.integers(0, 50, size=(64, 5))
+    targets = rng.normal(size=(64, 1)).astype("float32")
+    model = keras.Sequential(
+        [keras.Input((5,), dtype="int32"), keras.layers.Embedding(50, 4), keras.layers.Flatten(), keras.layers.Dense(1)]
+    )
+    velo = VeLO(total_steps=8, weights=THETA)
+    model.compile(optimizer=velo, loss="mse", jit_compile=False)
+    keras_velo.attach(model)
+    before = _weights(model)[0]
+    history = model.fit(tokens, targets, batch_size=BATCH, epochs=2, verbose=0)
+    assert np.all(np.isfinite(history.history["loss"]))
+    assert not np.array_equal(_weights(model)[0], before)
+
+
+# ------------------------------------------------------------ time budget & logs
+
+
+def test_time_budget_sets_the_fraction_and_stops_training():
+    x, y = _data()
+    velo = VeLO(total_steps=1000, weights=THETA, time_budget=2.0)
+    model = _compiled(velo)
+    model.fit(x, y, batch_size=BATCH, epochs=1, verbose=0)  # compile outside the budget check
+    fractions = []
+
+    class Fraction(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            self.model  # noqa: B018
+            fractions.append(velo.diagnostics()["fraction_trained"])
+
+    history = model.fit(x, y, batch_size=BATCH, epochs=10_000, verbose=0, callbacks=[Fraction()])
+    assert len(history.history["loss"]) < 10_000  # stopped by the budget
+    assert fractions[-1] <= 1.05 and fractions[-1] > 0.5
+    assert all(b >= a for a, b in zip(fractions, fractions[1:]))
+
+
+def test_monitor_logs_reach_history_and_tensorboard(tmp_path):
+    x, y = _data()
+    velo = VeLO(total_steps=8, weights=THETA)
+    model = _compiled(velo)
+    monitor = keras_velo.VeLOMonitor()
+    board = keras.callbacks.TensorBoard(log_dir=str(tmp_path))
+    history = model.fit(x, y, batch_size=BATCH, epochs=2, verbose=0, callbacks=[monitor, board])
+    logs = history.history
+    assert logs["velo/fraction_trained"] == [pytest.approx(3 / 8), pytest.approx(7 / 8)]
+    assert logs["velo/iteration"] == [4, 8]
+    paths = [v.path for v in model.trainable_variables]
+    assert all(f"velo/lr_mult/{p}" in logs for p in paths)
+    assert all(f"velo/loss_feature_{i}" in logs for i in range(9))
+    assert not any(k.startswith("_velo/") for k in logs)
+    import tensorflow as tf
+
+    tags = set()
+    for event_file in tmp_path.rglob("events.out.tfevents*"):
+        for event in tf.compat.v1.train.summary_iterator(str(event_file)):
+            tags.update(v.tag for v in event.summary.value)
+    assert any("velo/fraction_trained" in t for t in tags), tags
