@@ -22,7 +22,7 @@ from keras_velo.prefab import (
     prefab_update,
 )
 from keras_velo.health import check_horizon, check_skips
-from keras_velo.pretrained import resolve_weights
+from keras_velo.pretrained import PUBLISHED_WEIGHTS, load_published_weights, resolve_weights
 from keras_velo.theta import (
     CheckpointError,
     flatten_theta,
@@ -176,7 +176,12 @@ class VeLO(keras.optimizers.Optimizer):
             # saved optimizer variables, so a failure here is only fatal if
             # nothing restores it before the first update.
             try:
-                theta, self.weights_description = resolve_weights(weights, seed=seed)
+                if isinstance(weights, str) and weights in PUBLISHED_WEIGHTS:
+                    # Never download while restoring: the saved state has theta.
+                    theta = load_published_weights(weights, download=False)
+                    self.weights_description = weights
+                else:
+                    theta, self.weights_description = resolve_weights(weights, seed=seed)
                 self._theta_init = flatten_theta(theta)
             except (CheckpointError, ValueError, OSError) as error:
                 self._theta_error = error

@@ -266,3 +266,29 @@ def test_jit_stateless_apply_traces_once_and_matches_apply(theta_optimizer):
         np.testing.assert_allclose(np.asarray(actual), expected, rtol=1e-6, atol=1e-9)
     # The functional path left the Keras variables untouched.
     np.testing.assert_array_equal(_values(v_functional)[0], _values(_variables())[0])
+
+
+def test_restoring_from_config_never_downloads(tmp_path, monkeypatch):
+    """`load_model` rebuilds VeLO from its config, then restores theta with the state."""
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))
+    calls = []
+
+    def offline(*args, **kwargs):
+        calls.append(args)
+        raise urllib.error.URLError("offline")
+
+    monkeypatch.setattr(urllib.request, "urlopen", offline)
+    source, variables = VeLO(total_steps=10, weights=GOLDEN_THETA), _variables()
+    source.build(variables)
+    config = source.get_config()
+    config["weights"] = "velo"  # as saved by a user of the published weights
+    restored = VeLO.from_config(config)
+    assert calls == []
+    restored.build(variables)
+    with pytest.raises(CheckpointError, match="could not be loaded"):
+        restored.apply(_grads(), variables, loss=1.0)
+    restored.load_own_variables(
+        {str(i): ops.convert_to_numpy(v.value) for i, v in enumerate(source.variables)}
+    )
+    restored.apply(_grads(), variables, loss=1.0)
+    assert restored.diagnostics()["iteration"] == 1
