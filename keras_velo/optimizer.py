@@ -293,7 +293,7 @@ class VeLO(keras.optimizers.Optimizer):
         if self.built and int(ops.convert_to_numpy(self._iteration.value)) > 0:
             raise ValueError(
                 "VeLO's horizon can only be set before its first update; this "
-                f"optimizer has already run {int(self._iteration.numpy())} updates "
+                f"optimizer has already run {int(ops.convert_to_numpy(self._iteration.value))} updates "
                 f"with total_steps={self.total_steps}."
             )
         planned = 1 if self.horizon is None else self.horizon.num_accumulated
@@ -311,7 +311,9 @@ class VeLO(keras.optimizers.Optimizer):
     @property
     def theta(self):
         """VeLO's weights as a nested dict of numpy arrays (after `build`)."""
-        return unflatten_theta({p: v.numpy() for p, v in self._theta_variables.items()})
+        return unflatten_theta(
+            {p: ops.convert_to_numpy(v.value) for p, v in self._theta_variables.items()}
+        )
 
     def velo_state(self):
         """The current `VeLOState` as numpy arrays, tensors in build order."""
