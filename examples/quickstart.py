@@ -137,7 +137,7 @@ def main(argv=None):
     parser.add_argument("--steps", type=int, default=1000, help="training steps (multiple of 100)")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--weights", default="auto", help='"auto", "velo", "bundled" or a path')
-    parser.add_argument("--out", default="quickstart_loss.png", help="where to save the plot")
+    parser.add_argument("--out", default="quickstart_loss.png", help="where to save the plot (PNG)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--verbose", type=int, default=1, help="Keras fit verbosity (1: progress bar)")
     args = parser.parse_args(argv)
@@ -159,7 +159,8 @@ def main(argv=None):
     print(f"{'optimizer':<12} {'train loss':>11} {'test acc':>9} {'seconds':>8}")
     for r in results:
         print(f"{r['name']:<12} {r['train_loss']:>11.4f} {r['test_accuracy']:>9.4f} {r['seconds']:>8.1f}")
-    plot(results, args.out, f"{data[0]}, MLP 128, {keras.backend.backend()}, VeLO weights={weights}")
+    dataset = data[0].split(" (")[0]
+    plot(results, args.out, f"{dataset}, MLP 128, {keras.backend.backend()}, VeLO weights={weights}")
     print(f"loss curves saved to {args.out}")
     return results
 

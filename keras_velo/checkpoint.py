@@ -207,10 +207,9 @@ def read_checkpoint(path) -> dict:
 
     Raises:
         CheckpointError: missing file, truncated or corrupt file (msgpack or
-            gzip), a bad array
-            payload, a wrong top-level structure, or (as ThetaError, a
-            subclass) missing, extra or misshapen leaves. Nothing half-loaded
-            is ever returned.
+            gzip), a bad array payload, a wrong top-level structure, or (as
+            ThetaError, a subclass) missing, extra or misshapen leaves.
+            Nothing half-loaded is ever returned.
 
     Example:
         >>> theta = read_checkpoint("shared/golden/velo_random_theta")

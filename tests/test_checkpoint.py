@@ -527,8 +527,9 @@ def test_write_compressed_round_trip(tmp_path, small_theta):
 
 
 def test_write_compressed_is_deterministic(tmp_path, small_theta):
-    first = write_checkpoint(_as_directory(tmp_path / "a"), small_theta, compress=True).read_bytes()
-    second = write_checkpoint(_as_directory(tmp_path / "b"), small_theta, compress=True).read_bytes()
+    first = write_checkpoint(_as_directory(tmp_path / "a"), small_theta, compress=True)
+    second = write_checkpoint(_as_directory(tmp_path / "b"), small_theta, compress=True)
+    first, second = first.read_bytes(), second.read_bytes()
     assert first == second
     # RFC 1952 header: magic, deflate, no flags (so no file name), mtime 0.
     assert first[:4] == b"\x1f\x8b\x08\x00"

@@ -112,6 +112,13 @@ def test_attach_needs_a_velo_model():
         keras_velo.attach(model)
 
 
+def test_bundled_weights_train():
+    x, y = _data(256)
+    model = _compiled(VeLO(weights="bundled"))
+    history = model.fit(x, y, batch_size=BATCH, epochs=3, verbose=0)
+    assert history.history["loss"][-1] < 0.5 * history.history["loss"][0]
+
+
 # --------------------------------------------------------------- horizon
 
 

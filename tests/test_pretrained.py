@@ -8,6 +8,7 @@ No Keras here: these tests behave the same under every KERAS_BACKEND.
 
 import dataclasses
 import io
+import pathlib
 import socket
 import sys
 import urllib.error
@@ -27,8 +28,17 @@ from keras_velo.pretrained import (
     load_published_weights,
     resolve_weights,
 )
-from keras_velo.theta import ThetaError, flatten_theta, init_theta, leaf_name, unflatten_theta
+from keras_velo.theta import (
+    ThetaError,
+    flatten_theta,
+    init_theta,
+    leaf_name,
+    unflatten_theta,
+    validate_theta,
+)
+from meta.bootstrap_theta import bootstrap_theta, write_bootstrap_checkpoint
 
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 VELO = PUBLISHED_WEIGHTS["velo"]
 PUBLISHED_SIZE = 9_282_564
 
@@ -304,8 +314,47 @@ def test_resolve_unknown_string(tmp_path):
         assert "params" in message
 
 
-def test_resolve_bundled_not_shipped_yet():
-    with pytest.raises(CheckpointError, match="not shipped"):
+# --- the bundled weights (keras-velo's bootstrap theta, meta/bootstrap_theta.py)
+
+
+def test_bundled_registry_and_package_data():
+    entry = pretrained.BUNDLED_WEIGHTS["bundled"]
+    assert entry.package == "keras_velo"
+    assert entry.resource == "weights/bundled/params.gz"
+    assert "bootstrap" in entry.description and "not meta-trained" in entry.description
+    assert entry.path().is_file()
+    assert entry.path().read_bytes()[:2] == b"\x1f\x8b"  # gzip
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
+    pyproject = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())
+    shipped = pyproject["tool"]["setuptools"]["package-data"]["keras_velo"]
+    assert "weights/bundled/*" in shipped
+
+
+def test_resolve_bundled_is_the_bootstrap_theta():
+    theta, description = resolve_weights("bundled")
+    validate_theta(theta, source="bundled")
+    _assert_bit_equal(theta, bootstrap_theta())
+    assert "bundled" in description and "bootstrap" in description
+
+
+def test_bundled_file_is_reproduced_byte_for_byte(tmp_path):
+    """The script's writer rebuilds the shipped files exactly (see meta/bootstrap_theta.py)."""
+    shipped = pretrained.BUNDLED_WEIGHTS["bundled"].path()
+    written = write_bootstrap_checkpoint(tmp_path)
+    assert written == tmp_path / "params.gz"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.gin", "params.gz"]
+    assert written.read_bytes() == shipped.read_bytes(), (
+        "keras_velo/weights/bundled/params.gz is stale: rebuild it with "
+        "`python -m meta.bootstrap_theta --out keras_velo/weights/bundled`"
+    )
+    assert (tmp_path / "config.gin").read_bytes() == (
+        shipped.parent.joinpath("config.gin").read_bytes()
+    )
+
+
+def test_resolve_bundled_name_without_an_entry(monkeypatch):
+    monkeypatch.delitem(pretrained.BUNDLED_WEIGHTS, "bundled")
+    with pytest.raises(CheckpointError, match="no bundled weights of that name"):
         resolve_weights("bundled")
 
 
