@@ -103,6 +103,9 @@ import sys
 
 import numpy as np
 
+from keras_velo.hypernetwork import LSTM_FORGET_BIAS, MLP_WEIGHT_MIX_SCALE
+from keras_velo.parameter_mlp import EXP_MULT
+from keras_velo.tensor_features import FRACTION_SHARPNESS, FRACTION_TIMESCALES
 from keras_velo.theta import (
     DEFAULT_LSTM_HIDDEN_SIZE,
     DEFAULT_NUM_PARAM_INITS,
@@ -111,13 +114,8 @@ from keras_velo.theta import (
     validate_theta,
 )
 
-# Mirrors of the VeLO constants this construction relies on (spec §5.3-5.10);
-# kept here so building a theta needs numpy only.
-FRACTION_TIMESCALES = (0.03, 0.1, 0.2, 0.4, 0.6, 0.8, 0.9, 1.0, 1.1)
-FRACTION_SHARPNESS = 10.0
-MLP_WEIGHT_MIX_SCALE = 100.0
-EXP_MULT = 0.001
-LSTM_FORGET_BIAS = 1.0
+# The VeLO constants this construction relies on (spec §5.3-5.10) come from
+# the maths modules the optimizer runs, so the two cannot drift apart.
 CONTROL_BIAS = 0.01  # with MLP_WEIGHT_MIX_SCALE: 100 * mean_k(0.01 * Theta_k) = Theta
 
 # Indices into VeLO's inputs.
