@@ -9,6 +9,8 @@ import os
 import pathlib
 
 os.environ.setdefault("KERAS_BACKEND", "jax")
+# Tests never download: a tfds download attempt here hangs for minutes.
+os.environ["KERAS_VELO_TFDS_DOWNLOAD"] = "0"
 
 import pytest  # noqa: E402
 

@@ -1,0 +1,77 @@
+"""A built task: a Keras model, its loss, and seeded batches of real data."""
+
+import math
+
+import numpy as np
+
+EVAL_BATCH_SIZE = 256
+MAX_EVAL_EXAMPLES = 2048
+
+
+class Task:
+    """What `task_families.build_task(config)` returns.
+
+    Attributes:
+        config: the `TaskConfig` it was built from.
+        model: a built `keras.Model` (weights initialised from `config.init_seed`).
+        loss: a Keras loss (callable `loss(y_true, y_pred) -> scalar`), the
+            quantity optimizers minimise.
+        metrics: Keras metric names worth compiling (e.g. accuracy); may be empty.
+        num_params: trainable parameter count.
+        flops_per_step: analytic training-step cost (see `TaskConfig.flops_per_step`).
+
+    Example:
+        >>> task = build_task(FAMILIES["image_mlp"].smallest())
+        >>> x, y = next(task.train_batches(seed=0))
+        >>> float(task.loss(y, task.model(x)))  # doctest: +SKIP
+    """
+
+    def __init__(self, config, model, loss, data, metrics=(), eval_batch_size=EVAL_BATCH_SIZE):
+        self.config = config
+        self.model = model
+        self.loss = loss
+        self.metrics = list(metrics)
+        self._data = data
+        self._eval_batch_size = eval_batch_size
+
+    @property
+    def name(self):
+        return f"{self.config.family}-{self.config.key()}"
+
+    @property
+    def num_params(self):
+        return int(sum(math.prod(w.shape) for w in self.model.trainable_weights))
+
+    @property
+    def flops_per_step(self):
+        return self.config.flops_per_step()
+
+    def train_batches(self, seed):
+        """Infinite iterator of `(x, y)` numpy training batches; order set by `seed`."""
+        return self._data.train_batches(seed, self.config.batch_size)
+
+    def eval_batches(self, max_examples=MAX_EVAL_EXAMPLES):
+        """Finite, deterministic iterator of `(x, y)` batches from the held-out split."""
+        return self._data.eval_batches(self._eval_batch_size, max_examples)
+
+    def evaluate(self, model=None, max_examples=MAX_EVAL_EXAMPLES):
+        """Mean loss (and accuracy for classifiers) over `eval_batches()`, as floats."""
+        from keras import ops
+
+        model = model or self.model
+        total, count, correct, classified = 0.0, 0, 0, 0
+        for x, y in self.eval_batches(max_examples):
+            prediction = model(x, training=False)
+            total += float(ops.convert_to_numpy(self.loss(y, prediction))) * len(x)
+            count += len(x)
+            if "accuracy" in self.metrics:
+                logits = ops.convert_to_numpy(prediction)
+                correct += int(np.sum(np.argmax(logits, -1) == y))
+                classified += y.size
+        result = {"loss": total / count}
+        if classified:
+            result["accuracy"] = correct / classified
+        return result
+
+    def __repr__(self):
+        return f"Task({self.config!r}, params={self.num_params})"
