@@ -84,7 +84,7 @@ def _tiny_suite():
     return Suite(
         "tiny-v1",
         "Each family's smallest task, 30 steps: for tests and CI.",
-        tuple(SuiteTask(f"{name}-smallest", family.smallest(), 30, 30.0, 10) for name, family in FAMILIES.items()),
+        tuple(SuiteTask(f"{name}-smallest", family.smallest(), 30, 5.0, 10) for name, family in FAMILIES.items()),
     )
 
 
