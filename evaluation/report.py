@@ -1,0 +1,135 @@
+"""The report of a study directory: markdown tables and PNG plots from its finished run logs."""
+
+import json
+import math
+import pathlib
+
+import numpy as np
+
+from evaluation import plots, scoring
+
+METRIC_LABELS = {"train_loss": "train loss", "validation_loss": "validation loss"}
+CONDITION_LABELS = {"steps": "step budget (clock: steps)", "time": "wall-clock budget (clock: training seconds)"}
+
+
+def _fmt(value, digits=3):
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "—"
+    if isinstance(value, float) and math.isinf(value):
+        return "inf"
+    return f"{value:.{digits}g}"
+
+
+def _table(header, rows):
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _median_curve(runs, clock, metric):
+    """Median over trials of an eval metric, on the first run's evaluation points."""
+    series = [[(r[clock], r[metric]) for r in run.evals if r.get(metric) is not None] for run in runs]
+    length = min(len(s) for s in series)
+    if length == 0:
+        return np.array([]), np.array([])
+    x = np.median([[p[0] for p in s[:length]] for s in series], axis=0)
+    y = np.median([[p[1] for p in s[:length]] for s in series], axis=0)
+    return x, y
+
+
+def build_report(out_dir):
+    """Write `out_dir/report/report.md` and its PNGs; returns the markdown path."""
+    out_dir = pathlib.Path(out_dir)
+    report_dir = out_dir / "report"
+    report_dir.mkdir(exist_ok=True)
+    runs = scoring.load_runs(out_dir)
+    if not runs:
+        raise FileNotFoundError(f"No finished runs under {out_dir / 'runs'}; run a study first.")
+    study = json.loads((out_dir / "study.json").read_text()) if (out_dir / "study.json").exists() else {}
+    scored = scoring.scored_runs(runs)
+    workloads = sorted({r.workload for r in runs})
+    lines = ["# Study report", ""]
+    if study:
+        lines += [f"Command: `{study.get('command', '?')}`", "",
+                  f"Suite `{study.get('suite')}`, {study.get('trials')} trials, machine: {study.get('machine', '?')}, "
+                  f"backend {study.get('backend')}, Python {study.get('python')}, keras {study.get('keras')}.", ""]
+    diverged = [f"{r.workload}/{r.submission}/trial{r.trial}" for r in runs if r.end["status"] != "finished"]
+    lines += [f"{len(runs)} finished runs over {len(workloads)} workloads; diverged: "
+              f"{', '.join(diverged) if diverged else 'none'}.", ""]
+
+    lines += ["## Benchmark scores (AlgoPerf)", "",
+              "B = integral of the performance profile over tau in [1, 4] / 3 (1 = fastest everywhere). "
+              "Targets: per workload, the best over algorithms of the median metric at 75% of the budget.", ""]
+    score_rows, profile_panels = {}, {"steps": [], "time": []}
+    detail = []
+    for condition in ("steps", "time"):
+        for metric in scoring.METRICS:
+            targets = scoring.targets(scored, condition, metric)
+            ttt = scoring.time_to_target(scored, condition, metric, targets)
+            scores = scoring.benchmark_scores(ttt)
+            column = f"{condition} / {METRIC_LABELS[metric]}"
+            for algorithm, score in scores.items():
+                score_rows.setdefault(algorithm, {})[column] = score
+            taus, profiles = scoring.performance_profiles(ttt)
+            profile_panels[condition].append((f"{condition} budget, {METRIC_LABELS[metric]}", taus, profiles))
+            clock = "steps" if condition == "steps" else "seconds"
+            detail += [f"### Time to target: {CONDITION_LABELS[condition]}, {METRIC_LABELS[metric]}", "",
+                       _table(["algorithm"] + workloads,
+                              [["**target**"] + [_fmt(targets.get(w)) for w in workloads]]
+                              + [[a] + [_fmt(ttt[a].get(w, math.nan), 4) for w in workloads] for a in sorted(ttt)]),
+                       "", f"({clock} to reach the target; inf = missed within the budget)", ""]
+    columns = [f"{c} / {METRIC_LABELS[m]}" for c in ("steps", "time") for m in scoring.METRICS]
+    lines += [_table(["algorithm"] + columns,
+                     [[a] + [_fmt(score_rows[a].get(c, math.nan)) for c in columns] for a in sorted(score_rows)]), ""]
+    for condition in ("steps", "time"):
+        name = f"profiles_{condition}.png"
+        plots.performance_profiles(report_dir / name, profile_panels[condition])
+        lines += [f"![performance profiles, {condition} budget]({name})", ""]
+    lines += detail
+
+    lines += ["## Quality at the end of the budget (mean ± std over trials)", ""]
+    for condition in ("steps", "time"):
+        for metric in scoring.METRICS:
+            table = scoring.quality_table(scored, condition, metric)
+            lines += [f"### {CONDITION_LABELS[condition]}, {METRIC_LABELS[metric]}", "",
+                      _table(["algorithm"] + workloads,
+                             [[a] + [f"{_fmt(table[a][w][0])} ± {_fmt(table[a][w][1], 2)}" if w in table[a] else "—"
+                                     for w in workloads] for a in sorted(table)]), ""]
+
+    speedups = scoring.speedups_over_tuned_adam(runs)
+    if speedups:
+        lines += ["## Speed-up over learning-rate-tuned Adam (VeLOdrome view, step budget)", "",
+                  "Steps the lower envelope of the EMA(0.95)-smoothed training-loss curves of constant-rate Adam "
+                  f"over the grid needs to reach each optimizer's final smoothed training loss, divided by the "
+                  "steps that optimizer used (median over trials). inf: the envelope never gets there in budget.", ""]
+        rows = []
+        for algorithm in sorted(speedups):
+            values = np.array(list(speedups[algorithm].values()))
+            rows.append([algorithm] + [_fmt(speedups[algorithm].get(w, math.nan)) for w in workloads]
+                        + [f"{np.mean(values >= 1):.0%}", f"{np.mean(values >= 4):.0%}", f"{np.mean(values >= 16):.0%}"])
+        lines += [_table(["algorithm"] + workloads + ["≥1x", "≥4x", "≥16x"], rows), ""]
+        plots.speedup_distribution(report_dir / "speedup.png", speedups)
+        lines += ["![speed-up distribution](speedup.png)", ""]
+
+    for metric in scoring.METRICS:
+        sensitivity = scoring.prompt_sensitivity(runs, metric)
+        if sensitivity:
+            fractions = sorted({f for by_f in sensitivity.values() for f in by_f}, reverse=True)
+            lines += [f"## VeLO step-prompt sensitivity: {METRIC_LABELS[metric]} at the end of the step budget", "",
+                      "VeLO told `fraction × num_steps` steps, trained for num_steps.", "",
+                      _table(["workload"] + [f"prompt {f:.0%}" for f in fractions],
+                             [[w] + [f"{_fmt(sensitivity[w][f][0])} ± {_fmt(sensitivity[w][f][1], 2)}"
+                                     if f in sensitivity[w] else "—" for f in fractions] for w in sorted(sensitivity)]),
+                      ""]
+
+    for condition, clock, label in (("steps", "step", "step"), ("time", "train_seconds", "training seconds")):
+        curves = {}
+        for workload, by_algorithm in scoring._grouped(scoring.runs_in(scored, condition)).items():
+            curves[workload] = {a: _median_curve(rs, clock, "validation_loss") for a, rs in by_algorithm.items()}
+        name = f"curves_{condition}.png"
+        plots.loss_curves(report_dir / name, curves, label, "validation loss (median over trials)")
+        lines += [f"## Validation loss curves, {CONDITION_LABELS[condition]}", "", f"![loss curves]({name})", ""]
+
+    path = report_dir / "report.md"
+    path.write_text("\n".join(lines))
+    return path
