@@ -15,6 +15,8 @@ import shlex
 import subprocess
 import sys
 
+WORKER_ENV = "KERAS_VELO_STUDY_WORKER"
+
 
 def _parser():
     parser = argparse.ArgumentParser(prog="python -m evaluation", description=__doc__.split("\n\n")[0])
@@ -48,7 +50,9 @@ def _run(args, argv):
     names = args.workloads.split(",") if args.workloads else None
     workloads = workloads_from_suite(args.suite, args.time_scale, names)
     index, count = parse_shard(args.shard)
-    write_study_header(args.out, "python -m evaluation " + shlex.join(argv), args.suite, submissions, args.trials)
+    if not os.environ.get(WORKER_ENV):  # workers spawned by --workers: their parent recorded the command
+        write_study_header(args.out, "python -m evaluation " + shlex.join(argv), args.suite, submissions,
+                           args.trials)
     if args.workers > 1:
         return _spawn_workers(args, argv)
     runs = shard(plan_runs(workloads, submissions, args.trials), index, count)
@@ -66,7 +70,7 @@ def _spawn_workers(args, argv):
         base = [a for a in base if not a.startswith(flag + "=")]
     processes = [
         subprocess.Popen([sys.executable, "-m", "evaluation", *base, "--shard", f"{i}/{args.workers}"],
-                         env=os.environ.copy())
+                         env={**os.environ, WORKER_ENV: "1"})
         for i in range(args.workers)
     ]
     codes = [p.wait() for p in processes]

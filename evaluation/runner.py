@@ -69,7 +69,8 @@ def _train(workload, submission, trial, log, on_step):
         "type": "start", "workload": workload.name, "submission": submission.name,
         "algorithm": submission.algorithm, "kind": submission.kind, "conditions": list(submission.conditions),
         "prompt_fraction": submission.prompt_fraction, "trial": trial, "num_steps": workload.num_steps,
-        "max_seconds": workload.max_seconds, "config": config.to_dict(),
+        "max_seconds": workload.max_seconds, "step_multiplier": submission.step_multiplier,
+        "config": config.to_dict(),
     })
     task = build_task(config)
     optimizer = submission.make_optimizer(workload)
@@ -86,7 +87,8 @@ def _train(workload, submission, trial, log, on_step):
     step, seconds, ema = 0, 0.0, None
     log_losses, eval_losses = [], []
     crossed_time, status = False, "finished"
-    while not _done(submission.stop, step, seconds, workload):
+    step_budget = workload.num_steps * submission.step_multiplier
+    while not _done(submission.stop, step, seconds, workload, step_budget):
         start = time.perf_counter()
         if time_budget is not None:
             optimizer.fraction_variable.assign(min(seconds / time_budget, 1.0))
@@ -110,15 +112,17 @@ def _train(workload, submission, trial, log, on_step):
             log_losses = []
         first_time_over = seconds >= workload.max_seconds and not crossed_time
         crossed_time = crossed_time or first_time_over
-        if step % workload.eval_every == 0 or first_time_over or _done(submission.stop, step, seconds, workload):
+        if step % workload.eval_every == 0 or first_time_over or _done(
+            submission.stop, step, seconds, workload, step_budget
+        ):
             evaluate(step, seconds, sum(eval_losses) / len(eval_losses))
             eval_losses = []
     _write(log, {"type": "end", "status": status, "steps": step, "train_seconds": seconds})
     return status
 
 
-def _done(stop, step, seconds, workload):
-    steps_spent = step >= workload.num_steps
+def _done(stop, step, seconds, workload, step_budget):
+    steps_spent = step >= step_budget
     time_spent = seconds >= workload.max_seconds or step >= MAX_STEPS_FACTOR * workload.num_steps
     if stop == "steps":
         return steps_spent

@@ -72,7 +72,7 @@ def scored_runs(runs):
     return [r for r in runs if r.kind in SCORED_KINDS]
 
 
-def _grouped(runs):
+def group_runs(runs):
     """`{workload: {algorithm: [runs]}}`."""
     out = {}
     for run in runs:
@@ -95,7 +95,7 @@ def _median(values):
 def targets(runs, condition, metric, fraction=TARGET_FRACTION):
     """Per workload: the best over algorithms of the median (over trials) metric at `fraction` of the budget."""
     out = {}
-    for workload, by_algorithm in _grouped(runs_in(runs, condition)).items():
+    for workload, by_algorithm in group_runs(runs_in(runs, condition)).items():
         medians = [
             _median([value_at(r, condition, metric, fraction * r.budget(condition)) for r in algorithm_runs])
             for algorithm_runs in by_algorithm.values()
@@ -120,7 +120,7 @@ def trial_time_to_target(run, condition, metric, target):
 def time_to_target(runs, condition, metric, workload_targets):
     """`{algorithm: {workload: median over trials of time (or steps) to target}}`, inf where missed."""
     out = {}
-    for workload, by_algorithm in _grouped(runs_in(runs, condition)).items():
+    for workload, by_algorithm in group_runs(runs_in(runs, condition)).items():
         target = workload_targets.get(workload, math.nan)
         for algorithm, algorithm_runs in by_algorithm.items():
             times = [trial_time_to_target(r, condition, metric, target) for r in algorithm_runs]
@@ -178,7 +178,7 @@ def benchmark_scores(time_to_target, max_tau=4.0, num_points=100):
 def quality_table(runs, condition, metric):
     """`{algorithm: {workload: (mean, std)}}` of the metric at the end of the budget, over trials."""
     out = {}
-    for workload, by_algorithm in _grouped(runs_in(runs, condition)).items():
+    for workload, by_algorithm in group_runs(runs_in(runs, condition)).items():
         for algorithm, algorithm_runs in by_algorithm.items():
             values = np.array([value_at(r, condition, metric, r.budget(condition)) for r in algorithm_runs])
             values = values[~np.isnan(values)]
@@ -236,8 +236,8 @@ def speedups_over_tuned_adam(runs):
     For each run of a non-grid algorithm, its final EMA training loss `L`
     after `N` steps; speed-up = (steps the tuned-Adam envelope needs to reach
     `L`) / `N`, median over trials. inf means the envelope never reaches `L`
-    within its budget (at least `budget / N`); values below 1 mean slower
-    than tuned Adam.
+    within the grid's steps (the speed-up is at least `grid_steps(runs,
+    workload) / N`); values below 1 mean slower than tuned Adam.
     """
     out = {}
     for run in runs_in(runs, "steps"):
@@ -252,6 +252,17 @@ def speedups_over_tuned_adam(runs):
         speedup = steps_to_reach(steps, envelope, final_loss) / final_step
         out.setdefault(run.algorithm, {}).setdefault(run.workload, []).append(speedup)
     return {a: {w: float(np.median(v)) for w, v in by_w.items()} for a, by_w in out.items()}
+
+
+def grid_steps(runs, workload):
+    """The last step of the tuned-Adam envelope of `workload` (0 without grid runs)."""
+    steps, _ = tuned_adam_envelope(runs, workload)
+    return float(steps[-1]) if len(steps) else 0.0
+
+
+def speedup_lower_bound(runs, workload, steps_used):
+    """What an inf speed-up means: the envelope needs more than `grid_steps / steps_used`."""
+    return grid_steps(runs, workload) / steps_used
 
 
 def prompt_sensitivity(runs, metric):

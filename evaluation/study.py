@@ -47,12 +47,15 @@ def shard(runs, index, count):
 
 
 def write_study_header(out_dir, command, suite, submissions, trials):
-    """Record what the study is (once); a resumed study must match it."""
+    """Record what the study is; a resumed study must match its suite, trials and backend.
+
+    Every distinct command that ran against the directory is kept, in order.
+    """
     import keras
 
     path = pathlib.Path(out_dir) / "study.json"
     header = {
-        "command": command, "suite": suite, "submissions": [s.name for s in submissions], "trials": trials,
+        "commands": [command], "suite": suite, "submissions": [s.name for s in submissions], "trials": trials,
         "backend": keras.backend.backend(), "keras": keras.__version__, "python": sys.version.split()[0],
         "machine": f"{platform.machine()}, {_cpu_count()} CPUs",
     }
@@ -65,6 +68,8 @@ def write_study_header(out_dir, command, suite, submissions, trials):
                     "use another --out directory."
                 )
         header["submissions"] = sorted(set(previous["submissions"]) | set(header["submissions"]))
+        header["commands"] = previous.get("commands", []) + [c for c in header["commands"]
+                                                             if c not in previous.get("commands", [])]
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(header, indent=1))
 
@@ -88,6 +93,17 @@ def execute(runs, out_dir, progress=True, position=0):
         bar.set_postfix_str(spec.label)
         status = run_trial(spec.workload, spec.submission, spec.trial, out_dir)
         counts[status] = counts.get(status, 0) + 1
+        _release_memory()
         bar.update(1)
     bar.close()
     return counts
+
+
+def _release_memory():
+    """Drop the finished run's model, optimizer and compiled functions (without this a long study grows ~70 MB per run)."""
+    import gc
+
+    import keras
+
+    keras.backend.clear_session()
+    gc.collect()

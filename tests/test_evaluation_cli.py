@@ -29,7 +29,7 @@ def test_run_resume_and_report(tmp_path):
     again = cli("run", *common, "--no-progress")
     assert again.returncode == 0 and "'skipped': 24" in again.stdout
     study = json.loads((out / "study.json").read_text())
-    assert study["suite"] == "tiny-v1" and study["trials"] == 2 and "--workers 2" in study["command"]
+    assert study["suite"] == "tiny-v1" and study["trials"] == 2 and any("--workers 2" in c for c in study["commands"])
 
     report = cli("report", str(out))
     assert report.returncode == 0, report.stderr[-3000:]
