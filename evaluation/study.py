@@ -106,4 +106,8 @@ def _release_memory():
     import keras
 
     keras.backend.clear_session()
+    if keras.backend.backend() == "jax":
+        import jax
+
+        jax.clear_caches()
     gc.collect()

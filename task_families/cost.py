@@ -23,8 +23,8 @@ def estimate_step_seconds(config):
 
 
 def compile_for_training(task, optimizer, jit_compile="auto"):
-    """`task.model.compile` with the task's loss; VeLO is attached so it receives the loss."""
-    task.model.compile(optimizer=optimizer, loss=task.loss, jit_compile=jit_compile)
+    """`task.model.compile` with the task's loss and metrics; VeLO is attached so it receives the loss."""
+    task.model.compile(optimizer=optimizer, loss=task.loss, metrics=task.metrics, jit_compile=jit_compile)
     if type(optimizer).__name__ == "VeLO":
         import keras_velo
 

@@ -228,3 +228,14 @@ def test_tfds_datasets_plug_into_tasks():
     datasets.load_images.cache_clear()
     x, y = next(task.train_batches(0))
     assert x.shape == (8, 8, 8, 3) and np.isfinite(float(ops.convert_to_numpy(task.loss(y, task.model(x)))))
+
+
+@pytest.mark.parametrize("name", ["image_cnn", "rnn_lm", "vae"])
+def test_compiled_evaluation_matches_eager(name):
+    task = build_task(FAMILIES[name].smallest())
+    eager = task.evaluate(max_examples=256)
+    task.model.compile(optimizer="sgd", loss=task.loss, metrics=task.metrics)
+    compiled = task.evaluate(max_examples=256)
+    assert compiled.keys() == eager.keys()
+    for key in eager:
+        assert compiled[key] == pytest.approx(eager[key], rel=1e-5, abs=1e-6)
