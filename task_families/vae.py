@@ -4,7 +4,9 @@ Kingma & Welling (2014). The loss is the negative ELBO per pixel: summed
 binary cross-entropy of the reconstruction plus the KL divergence of the
 posterior from N(0, I), divided by the pixel count. Reads Fashion-MNIST or
 digits (8/16/28 pixels). Samples encoder depth and widths, latent size 2-32,
-activation, initializer and batch size.
+activation, initializer and batch size. The ELBO is a one-sample estimate
+(fresh noise from a seeded generator at every call), so repeated
+evaluations of the same weights differ slightly.
 """
 
 import dataclasses

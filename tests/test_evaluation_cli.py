@@ -42,8 +42,9 @@ def test_run_resume_and_report(tmp_path):
     scores_table = text.split("## Benchmark scores")[1].split("![")[0]
     rows = [line for line in scores_table.splitlines() if line.startswith("| ") and "algorithm" not in line]
     assert {row.split("|")[1].strip() for row in rows} == {"Adam", "Nesterov", "VeLO 100%", "VeLO 75%"}
-    values = [float(v) for row in rows for v in row.split("|")[2:-1]]
-    assert all(0.0 <= v <= 1.0 for v in values) and max(values) > 0
+    cells = [v.strip() for row in rows for v in row.split("|")[2:-1]]
+    values = [float(v) for v in cells if v != "—"]  # "—": VeLO 75% has no wall-clock run in this study
+    assert len(values) >= len(cells) - 2 and all(0.0 <= v <= 1.0 for v in values) and max(values) > 0
 
 
 def test_bad_arguments_fail_clearly(tmp_path):

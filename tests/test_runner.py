@@ -46,16 +46,20 @@ def test_log_records_and_step_stop(tmp_path):
 
 
 def test_baselines_run_until_both_budgets_are_spent(tmp_path):
+    from evaluation.runner import MAX_STEPS_FACTOR
+
     workload = tiny_workload(num_steps=4, max_seconds=1.5)
     run_trial(workload, make_submissions()["nesterov"], 1, tmp_path)
     records = read_records(run_path(tmp_path, workload.name, "nesterov", 1))
     end = records[-1]
-    assert end["steps"] >= 4 and end["train_seconds"] >= 1.5
+    step_cap = MAX_STEPS_FACTOR * workload.num_steps
+    assert end["steps"] >= 4
+    assert end["train_seconds"] >= 1.5 or end["steps"] == step_cap, "stops when both budgets (or the cap) are spent"
     at_step_budget = next(r for r in records if r["type"] == "train" and r["step"] == 4)
     if at_step_budget["train_seconds"] < 1.5:  # time left after the step budget: it must train on
         assert end["steps"] > 4
     crossing = [r for r in records if r["type"] == "eval" and r["train_seconds"] >= 1.5]
-    assert len(crossing) == 1, "one evaluation exactly when the wall-clock budget is first crossed"
+    assert len(crossing) == (1 if end["train_seconds"] >= 1.5 else 0), "one evaluation when the time budget is crossed"
 
 
 def test_velo_time_mode_feeds_the_time_fraction(tmp_path):
