@@ -61,6 +61,7 @@ def _write(log, record):
 
 
 def _train(workload, submission, trial, log, on_step):
+    from keras_velo.integration import find_velo
     from task_families import build_task
     from task_families.cost import compile_for_training
 
@@ -75,7 +76,8 @@ def _train(workload, submission, trial, log, on_step):
     task = build_task(config)
     optimizer = submission.make_optimizer(workload)
     model = compile_for_training(task, optimizer)
-    time_budget = getattr(optimizer, "time_budget", None)
+    velo = find_velo(optimizer)
+    time_budget = velo.time_budget if velo is not None else None
     batches = task.train_batches(seed=trial)
 
     def evaluate(step, seconds, train_loss):
@@ -91,7 +93,7 @@ def _train(workload, submission, trial, log, on_step):
     while not _done(submission.stop, step, seconds, workload, step_budget):
         start = time.perf_counter()
         if time_budget is not None:
-            optimizer.fraction_variable.assign(min(seconds / time_budget, 1.0))
+            velo.fraction_variable.assign(min(seconds / time_budget, 1.0))
         x, y = next(batches)
         loss = float(model.train_on_batch(x, y, return_dict=True)["loss"])
         seconds += time.perf_counter() - start

@@ -24,11 +24,11 @@ def estimate_step_seconds(config):
 
 def compile_for_training(task, optimizer, jit_compile="auto"):
     """`task.model.compile` with the task's loss and metrics; VeLO is attached so it receives the loss."""
-    task.model.compile(optimizer=optimizer, loss=task.loss, metrics=task.metrics, jit_compile=jit_compile)
-    if type(optimizer).__name__ == "VeLO":
-        import keras_velo
+    from keras_velo.integration import attach, find_velo
 
-        keras_velo.attach(task.model)
+    task.model.compile(optimizer=optimizer, loss=task.loss, metrics=task.metrics, jit_compile=jit_compile)
+    if find_velo(optimizer) is not None:
+        attach(task.model)
     return task.model
 
 

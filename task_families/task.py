@@ -35,10 +35,6 @@ class Task:
         self._eval_batch_size = eval_batch_size
 
     @property
-    def name(self):
-        return f"{self.config.family}-{self.config.key()}"
-
-    @property
     def num_params(self):
         return int(sum(math.prod(w.shape) for w in self.model.trainable_weights))
 
