@@ -13,7 +13,8 @@ from keras_velo.pretrained import (
     resolve_weights,
 )
 from keras_velo.theta import CheckpointError, ThetaError, init_theta, validate_theta
-from keras_velo.update import StepDiagnostics, TensorState, VeLOState, init_state, velo_update
+from keras_velo.state_view import TensorState, tensor_states
+from keras_velo.update import StepDiagnostics, VeLOState, init_state, velo_update
 
 __all__ = [
     "NonFiniteTrainingError",
@@ -34,6 +35,7 @@ __all__ = [
     "prefab_update",
     "read_checkpoint",
     "resolve_weights",
+    "tensor_states",
     "validate_theta",
     "velo_update",
     "write_checkpoint",

@@ -20,13 +20,19 @@ def _dense(layer, inputs):
     return ops.matmul(inputs, layer["w"]) + layer["b"]
 
 
-def mix_tensor_features(rnn_params, features):
+def mix_tensor_features(rnn_params, features, active=None):
     """`[N, 30] -> [N, H]`: `X W2 + b2 + max_rows(relu(X W1 + b1))`.
+
+    `active` (optional static `[N]` bools) leaves rows out of the max, as if
+    those tensors were not there (the relu makes every row's values >= 0).
 
     Quirk: the reference also computes `relu(X W + b)` with `linear`, then
     overwrites it; that dead layer is loaded with theta but never evaluated.
     """
-    pooled = ops.max(ops.relu(_dense(rnn_params["linear_1"], features)), axis=0)
+    mixed = ops.relu(_dense(rnn_params["linear_1"], features))
+    if active is not None:
+        mixed = ops.where(ops.convert_to_tensor(active)[:, None], mixed, 0.0)
+    pooled = ops.max(mixed, axis=0)
     return _dense(rnn_params["linear_2"], features) + pooled[None]
 
 

@@ -86,9 +86,8 @@ def _loss_fed_by_train_step(velo):
 def _velo_logs(velo, value_of):
     """Scalars the guard callback reads: skip counters and VeLO's iteration."""
     return {
-        LOG_PREFIX + "consecutive_skips": value_of(velo._consecutive_skips),
-        LOG_PREFIX + "skipped_steps": value_of(velo._skipped_steps),
-        LOG_PREFIX + "iteration": value_of(velo._iteration),
+        LOG_PREFIX + name: value_of(variable)
+        for name, variable in velo.health_variables().items()
     }
 
 

@@ -1,41 +1,26 @@
 """`VeLO`: the learned optimizer as a `keras.optimizers.Optimizer`.
 
-A thin shell around the pure maths in `keras_velo.prefab` / `keras_velo.update`:
-it holds theta and the `VeLOState` in Keras variables (one variable per
-state field, per tensor), reads them, calls `prefab_update`, and writes the
-results back. Works on JAX (also through `stateless_apply`), TensorFlow and
-PyTorch.
+A thin shell around the pure maths in `keras_velo.prefab` /
+`keras_velo.update`: it checks its arguments (`arguments.py`), resolves
+theta (`pretrained.py`), keeps theta and the packed `VeLOState` in Keras
+variables (`state_variables.py`), takes the training loss, calls
+`prefab_update` and writes the results back. Works on JAX (also through
+`stateless_apply`), TensorFlow and PyTorch.
 """
 
-import numbers
-
 import keras
-import numpy as np
 from keras import ops
 
-from keras_velo.accumulators import Accumulators, accumulator_shapes
-from keras_velo.loss_features import RUNNING_MIN_INIT, LossBuffer, loss_ema_decays
-from keras_velo.prefab import (
-    DEFAULT_MAX_TRAINING_STEPS,
-    GradientAccumulation,
-    plan_horizon,
-    prefab_update,
-)
+from keras_velo import arguments
 from keras_velo.health import check_horizon, check_skips
-from keras_velo.pretrained import PUBLISHED_WEIGHTS, load_published_weights, resolve_weights
-from keras_velo.theta import (
-    CheckpointError,
-    flatten_theta,
-    leaf_name,
-    theta_shapes,
-    unflatten_theta,
-)
-from keras_velo.update import TensorState, VeLOState
+from keras_velo.loss_features import loss_ema_decays
+from keras_velo.packing import packed_layout
+from keras_velo.prefab import DEFAULT_MAX_TRAINING_STEPS, plan_horizon, prefab_update
+from keras_velo.pretrained import resolve_saved_weights, resolve_weights
+from keras_velo.state_variables import StateVariables
+from keras_velo.state_view import tensor_states
+from keras_velo.theta import CheckpointError, flatten_theta, unflatten_theta
 
-_ACCUMULATOR_NAMES = Accumulators._fields
-# VeLO's state stays float32 whatever the parameters' dtype (the reference
-# stores it in the parameter dtype; identical for float32 parameters).
-STATE_DTYPE = "float32"
 DEFAULT_MAX_CONSECUTIVE_SKIPS = 100
 
 MISSING_LOSS_MESSAGE = (
@@ -47,16 +32,6 @@ MISSING_LOSS_MESSAGE = (
     "`keras_velo.attach(model)` after `model.compile(...)` (and again after "
     "`keras.saving.load_model`)."
 )
-
-
-class _Constant(keras.initializers.Initializer):
-    """Initializer returning a fixed numpy array (not serialised: state only)."""
-
-    def __init__(self, value):
-        self.value = np.asarray(value)
-
-    def __call__(self, shape, dtype=None):
-        return ops.cast(ops.reshape(ops.convert_to_tensor(self.value), shape), dtype)
 
 
 def _is_concrete(value):
@@ -73,20 +48,16 @@ def _is_concrete(value):
     return True
 
 
-def _check_positive_int(name, value):
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise ValueError(
-            f"`{name}` must be a positive integer (the number of training "
-            f"steps), got {value!r} of type {type(value).__name__}. "
-            f"Pass e.g. {name}=epochs * steps_per_epoch."
-        )
-    if value <= 0:
-        raise ValueError(
-            f"`{name}` must be a positive integer, got {value}. VeLO uses it "
-            "for the fraction of training done; pass the number of updates "
-            "you will run."
-        )
-    return int(value)
+class SavedWeights:
+    """The `weights=` a restored VeLO is built with (`VeLO.from_config`).
+
+    theta comes back with the saved optimizer variables; `spec`, the
+    original `weights` argument, is only loaded if that needs no download,
+    and an error is raised at the first update if nothing restored theta.
+    """
+
+    def __init__(self, spec):
+        self.spec = spec
 
 
 @keras.saving.register_keras_serializable(package="keras_velo")
@@ -126,10 +97,12 @@ class VeLO(keras.optimizers.Optimizer):
         **kwargs: the base optimizer's keyword arguments (`clipnorm`,
             `clipvalue`, `global_clipnorm`, `use_ema`, ...).
 
-    State per tensor (shape S): momenta `[3, *S]`, rms `S`, factored second
-    moments (or diagonal ones for rank < 2), and one 512-wide LSTM state row;
-    plus the loss buffer and counters. theta is held in non-trainable
-    variables too, so saved optimizer state carries the weights it ran with.
+    State: for each parameter, momenta (3), rms and, for tensors of rank
+    < 2, diagonal second moments (3); factored second moments per row and
+    column of the others; one 512-wide LSTM state row per tensor; the loss
+    buffer and counters. All tensors share a few packed variables
+    (`keras_velo.packing`). theta is held in non-trainable variables too,
+    so saved optimizer state carries the weights it ran with.
     """
 
     def __init__(
@@ -145,52 +118,29 @@ class VeLO(keras.optimizers.Optimizer):
         name="velo",
         **kwargs,
     ):
-        defer_weights = kwargs.pop("_defer_weights", False)
         super().__init__(learning_rate=learning_rate, name=name, **kwargs)
         if total_steps is not None:
-            total_steps = _check_positive_int("total_steps", total_steps)
-        max_training_steps = _check_positive_int("max_training_steps", max_training_steps)
-        max_consecutive_skips = _check_positive_int(
+            total_steps = arguments.positive_int("total_steps", total_steps)
+        self.total_steps = total_steps
+        self.max_training_steps = arguments.positive_int("max_training_steps", max_training_steps)
+        self.max_consecutive_skips = arguments.positive_int(
             "max_consecutive_skips", max_consecutive_skips
         )
-        if not isinstance(weight_decay, numbers.Real) or weight_decay < 0:
-            raise ValueError(
-                f"`weight_decay` must be a float >= 0, got {weight_decay!r}."
-            )
-        if time_budget is not None and (
-            not isinstance(time_budget, numbers.Real) or time_budget <= 0
-        ):
-            raise ValueError(
-                f"`time_budget` must be a positive number of seconds, got {time_budget!r}."
-            )
-        self.total_steps = total_steps
-        self.max_training_steps = max_training_steps
-        self.weight_decay = float(weight_decay)
+        self.weight_decay = arguments.non_negative_float("weight_decay", weight_decay)
+        self.time_budget = arguments.optional_positive_seconds("time_budget", time_budget)
         self.seed = seed
-        self.time_budget = None if time_budget is None else float(time_budget)
-        self.max_consecutive_skips = max_consecutive_skips
-        self.weights_spec = weights if isinstance(weights, str) or weights is None else None
-        self._theta_init, self._theta_error = None, None
-        if defer_weights:
-            # Restoring (`from_config`): theta normally comes back with the
-            # saved optimizer variables, so a failure here is only fatal if
-            # nothing restores it before the first update.
-            try:
-                if isinstance(weights, str) and weights in PUBLISHED_WEIGHTS:
-                    # Never download while restoring: the saved state has theta.
-                    theta = load_published_weights(weights, download=False)
-                    self.weights_description = weights
-                else:
-                    theta, self.weights_description = resolve_weights(weights, seed=seed)
-                self._theta_init = flatten_theta(theta)
-            except (CheckpointError, ValueError, OSError) as error:
-                self._theta_error = error
-                self.weights_description = f"not loaded ({weights!r}): {error}"
+        self._theta_error = None
+        if isinstance(weights, SavedWeights):
+            weights = weights.spec
+            theta, self.weights_description, self._theta_error = resolve_saved_weights(
+                weights, seed=seed
+            )
         else:
             theta, self.weights_description = resolve_weights(weights, seed=seed)
-            self._theta_init = flatten_theta(theta)
+        self.weights_spec = weights if isinstance(weights, str) or weights is None else None
+        self._theta_init = None if theta is None else flatten_theta(theta)
         self.horizon = None if total_steps is None else plan_horizon(
-            total_steps, max_training_steps
+            total_steps, self.max_training_steps
         )
         self._loss_given = False
         self.loss_variable = self.add_variable(
@@ -206,81 +156,18 @@ class VeLO(keras.optimizers.Optimizer):
         if self.built:
             return
         super().build(variables)
-        # Initial values go in through initializers, never `assign`: on
-        # TensorFlow, build may run inside the first traced train step,
-        # where an assign would become part of every step.
-        theta = self._theta_init or {p: None for p in theta_shapes()}
-        self._theta_variables = {
-            path: self._new_variable(
-                theta_shapes()[path] if value is None else value.shape,
-                "theta_" + leaf_name(path).replace("/", "_").replace("~", "top"),
-                value,
-            )
-            for path, value in theta.items()
-        }
+        self._layout = packed_layout([tuple(v.shape) for v in variables])
+        self._velo = StateVariables(
+            self,
+            self._layout,
+            self._theta_init,
+            None if self.horizon is None else self.horizon.velo_steps,
+            1 if self.horizon is None else self.horizon.num_accumulated,
+        )
         self._theta_init = None  # the variables own theta from here on
-
-        velo_steps = None if self.horizon is None else self.horizon.velo_steps
-        self._iteration = self._new_variable((), "velo_iteration", dtype="int32")
-        self._num_steps = self._new_variable(
-            (), "velo_num_steps", None if velo_steps is None else np.int32(velo_steps), "int32"
-        )
-        self._loss_buffer = LossBuffer(
-            means=self._new_variable((10,), "loss_means"),
-            running_min=self._new_variable(
-                (10,), "loss_running_min", np.full([10], RUNNING_MIN_INIT, np.float32)
-            ),
-            decays=self._new_variable(
-                (10,), "loss_decays", None if velo_steps is None else loss_ema_decays(velo_steps)
-            ),
-            iteration=self._new_variable((), "loss_iteration", dtype="int32"),
-        )
-        self._skipped_steps = self._new_variable((), "velo_skipped_steps", dtype="int32")
-        self._consecutive_skips = self._new_variable((), "velo_consecutive_skips", dtype="int32")
-        self._last_loss_features = self._new_variable((9,), "velo_last_loss_features")
-        self._last_fraction = self._new_variable((), "velo_last_fraction_trained")
-        self._last_lr_mult = self._new_variable((len(variables),), "velo_last_lr_mult")
-
-        init_state = theta[("lstm_init_state", "hidden")], theta[("lstm_init_state", "cell")]
-        lstm_width = theta_shapes()[("lstm_init_state", "hidden")][1] if init_state[0] is None \
-            else init_state[0].shape[1]
-        self._tensor_states = []
-        self._weight_decays = []
-        for variable in variables:
-            prefix = variable.path.replace("/", "_")
-            slots = [
-                None if shape is None else self._new_variable(shape, f"{prefix}_velo_{name}")
-                for name, shape in zip(_ACCUMULATOR_NAMES, accumulator_shapes(variable.shape))
-            ]
-            hidden, cell = (
-                self._new_variable(
-                    (lstm_width,), f"{prefix}_velo_lstm_{kind}", None if init is None else init[0]
-                )
-                for kind, init in zip(("hidden", "cell"), init_state)
-            )
-            self._tensor_states.append(TensorState(Accumulators(*slots), hidden, cell))
-            self._weight_decays.append(
-                self.weight_decay if self._use_weight_decay(variable) else 0.0
-            )
-        self._accumulation = None
-        if self.horizon is not None and self.horizon.num_accumulated > 1:
-            self._accumulation = GradientAccumulation(
-                tuple(
-                    self._new_variable(tuple(v.shape), f"{v.path.replace('/', '_')}_velo_grad_sum")
-                    for v in variables
-                ),
-                self._new_variable((), "velo_loss_sum"),
-                self._new_variable((), "velo_accumulated_calls", dtype="int32"),
-            )
-
-    def _new_variable(self, shape, name, value=None, dtype=STATE_DTYPE):
-        """An optimizer variable starting at `value` (numpy) or zeros."""
-        initializer = "zeros" if value is None else _Constant(value)
-        return self.add_variable(tuple(shape), initializer=initializer, dtype=dtype, name=name)
-
-    def _assign_horizon(self):
-        self._num_steps.assign(self.horizon.velo_steps)
-        self._loss_buffer.decays.assign(loss_ema_decays(self.horizon.velo_steps))
+        self._weight_decays = [
+            self.weight_decay if self._use_weight_decay(v) else 0.0 for v in variables
+        ]
 
     def set_total_steps(self, total_steps):
         """Sets the horizon after construction (e.g. inferred by `fit`), before training.
@@ -288,14 +175,16 @@ class VeLO(keras.optimizers.Optimizer):
         Only allowed while VeLO has not updated yet, and only for horizons
         that need no accumulation unless it was planned at construction.
         """
-        total_steps = _check_positive_int("total_steps", total_steps)
+        total_steps = arguments.positive_int("total_steps", total_steps)
         horizon = plan_horizon(total_steps, self.max_training_steps)
-        if self.built and int(ops.convert_to_numpy(self._iteration.value)) > 0:
-            raise ValueError(
-                "VeLO's horizon can only be set before its first update; this "
-                f"optimizer has already run {int(ops.convert_to_numpy(self._iteration.value))} updates "
-                f"with total_steps={self.total_steps}."
-            )
+        if self.built:
+            done = int(ops.convert_to_numpy(self._velo.state.iteration.value))
+            if done > 0:
+                raise ValueError(
+                    "VeLO's horizon can only be set before its first update; this "
+                    f"optimizer has already run {done} updates with "
+                    f"total_steps={self.total_steps}."
+                )
         planned = 1 if self.horizon is None else self.horizon.num_accumulated
         if self.built and horizon.num_accumulated != planned:
             raise ValueError(
@@ -306,21 +195,19 @@ class VeLO(keras.optimizers.Optimizer):
             )
         self.total_steps, self.horizon = total_steps, horizon
         if self.built:
-            self._assign_horizon()
+            self._velo.state.num_steps.assign(horizon.velo_steps)
+            self._velo.state.loss_buffer.decays.assign(loss_ema_decays(horizon.velo_steps))
 
     @property
     def theta(self):
         """VeLO's weights as a nested dict of numpy arrays (after `build`)."""
         return unflatten_theta(
-            {p: ops.convert_to_numpy(v.value) for p, v in self._theta_variables.items()}
+            {p: ops.convert_to_numpy(v.value) for p, v in self._velo.theta.items()}
         )
 
     def velo_state(self):
-        """The current `VeLOState` as numpy arrays, tensors in build order."""
-        return keras.tree.map_structure(
-            lambda v: None if v is None else ops.convert_to_numpy(v.value),
-            self._state_variables(range(len(self._tensor_states))),
-        )
+        """The current state per tensor (`state_view.TensorwiseState`, numpy), in build order."""
+        return tensor_states(self._velo.read(self._velo.state), self._layout.shapes)
 
     # ------------------------------------------------------------- entry points
 
@@ -389,14 +276,14 @@ class VeLO(keras.optimizers.Optimizer):
         Compiled training loops (fit) are watched by `keras_velo.attach`'s
         callback instead, from the values the train step logs.
         """
-        if not self.built or not _is_concrete(self._consecutive_skips.value):
+        if not self.built or not _is_concrete(self._velo.consecutive_skips.value):
             return
         check_skips(
-            int(ops.convert_to_numpy(self._consecutive_skips.value)),
-            int(ops.convert_to_numpy(self._skipped_steps.value)),
+            int(ops.convert_to_numpy(self._velo.consecutive_skips.value)),
+            int(ops.convert_to_numpy(self._velo.skipped_steps.value)),
             self.max_consecutive_skips,
         )
-        check_horizon(self, int(ops.convert_to_numpy(self._iteration.value)))
+        check_horizon(self, int(ops.convert_to_numpy(self._velo.state.iteration.value)))
 
     def _get_optimizer_variable_index(self, variable):
         for i, v in enumerate(self.variables):
@@ -418,88 +305,69 @@ class VeLO(keras.optimizers.Optimizer):
         return self._velo_update_step(grads, trainable_variables, learning_rate)
 
     def _velo_update_step(self, grads, trainable_variables, learning_rate):
+        """One `prefab_update` on every tensor VeLO was built for.
+
+        Tensors left out of this call (no gradient) keep their values and
+        state, and are left out of VeLO's cross-tensor max.
+        """
+        velo = self._velo
         indices = [self._get_variable_index(v) for v in trainable_variables]
-        theta = unflatten_theta({p: v.value for p, v in self._theta_variables.items()})
-        state_vars = self._state_variables(indices)
-        accumulation_vars = None
-        if self._accumulation is not None:
-            accumulation_vars = GradientAccumulation(
-                tuple(self._accumulation.grad_sums[i] for i in indices),
-                self._accumulation.loss_sum,
-                self._accumulation.count,
-            )
-        read = lambda tree: keras.tree.map_structure(  # noqa: E731
-            lambda v: None if v is None else v.value, tree
+        all_grads = [None] * len(self._trainable_variables)
+        for i, grad in zip(indices, grads):
+            all_grads[i] = grad
+        active = None if len(set(indices)) == len(all_grads) else tuple(
+            g is not None for g in all_grads
         )
         fraction = self.fraction_variable.value if self.time_budget is not None else None
         new_params, new_state, new_accumulation, diagnostics = prefab_update(
-            theta,
-            read(state_vars),
-            [v.value for v in trainable_variables],
-            list(grads),
+            velo.theta_values(),
+            velo.read(velo.state),
+            [v.value for v in self._trainable_variables],
+            all_grads,
             self.loss_variable.value,
-            weight_decays=[self._weight_decays[i] for i in indices],
+            weight_decays=self._weight_decays,
             num_accumulated=self.horizon.num_accumulated,
-            accumulation=read(accumulation_vars),
+            accumulation=velo.read(velo.accumulation),
             step_scale=ops.cast(learning_rate, "float32"),
             fraction_trained=fraction,
+            active=active,
         )
-        for variable, value in zip(trainable_variables, new_params):
-            self.assign(variable, value)
-        self._assign_tree(state_vars, new_state)
-        if accumulation_vars is not None:
-            self._assign_tree(accumulation_vars, new_accumulation)
-        self._record(diagnostics, indices)
+        for i in indices:
+            self.assign(self._trainable_variables[i], new_params[i])
+        velo.assign(velo.state, new_state)
+        if velo.accumulation is not None:
+            velo.assign(velo.accumulation, new_accumulation)
+        self._record(diagnostics, active)
 
-    def _record(self, diagnostics, indices):
+    def _record(self, diagnostics, active):
         """Keeps the last update's diagnostics and the skip counters in variables."""
+        velo = self._velo
         skipped = ops.cast(diagnostics.skipped, "int32")
-        self.assign(self._skipped_steps, self._skipped_steps.value + skipped)
-        self.assign(self._consecutive_skips, (self._consecutive_skips.value + 1) * skipped)
-        self.assign(self._last_fraction, diagnostics.fraction_trained)
-        self.assign(self._last_loss_features, diagnostics.loss_features)
+        self.assign(velo.skipped_steps, velo.skipped_steps.value + skipped)
+        self.assign(velo.consecutive_skips, (velo.consecutive_skips.value + 1) * skipped)
+        self.assign(velo.last_fraction, diagnostics.fraction_trained)
+        self.assign(velo.last_loss_features, diagnostics.loss_features)
         lr_mult = diagnostics.lr_mult
-        if len(indices) != len(self._tensor_states):
-            old = self._last_lr_mult.value
-            by_index = dict(zip(indices, range(len(indices))))
-            lr_mult = ops.stack(
-                [lr_mult[by_index[i]] if i in by_index else old[i] for i in range(old.shape[0])]
-            )
-        self.assign(self._last_lr_mult, lr_mult)
-
-    def _state_variables(self, indices):
-        """`VeLOState` of variables for the tensors at `indices`.
-
-        Rebuilt from the stored pieces each time: TensorFlow's attribute
-        tracking wraps tuples stored on the optimizer in proxies that
-        `keras.tree` does not always see through.
-        """
-
-        def tensor_state(stored):
-            return TensorState(
-                Accumulators(*stored.accumulators), stored.lstm_hidden, stored.lstm_cell
-            )
-
-        return VeLOState(
-            iteration=self._iteration,
-            num_steps=self._num_steps,
-            loss_buffer=LossBuffer(*self._loss_buffer),
-            tensors=tuple(tensor_state(self._tensor_states[i]) for i in indices),
-        )
-
-    def _assign_tree(self, variables, values):
-        for variable, value in zip(keras.tree.flatten(variables), keras.tree.flatten(values)):
-            if variable is not None and variable is not self._num_steps:
-                self.assign(variable, value)
+        if active is not None:
+            lr_mult = ops.where(ops.convert_to_tensor(active), lr_mult, velo.last_lr_mult.value)
+        self.assign(velo.last_lr_mult, lr_mult)
 
     def load_own_variables(self, store):
         super().load_own_variables(store)
         self._theta_error = None  # theta came back with the saved variables
 
+    def health_variables(self):
+        """`{name: variable}` of the counters the `fit` guard watches (after `build`)."""
+        return {
+            "consecutive_skips": self._velo.consecutive_skips,
+            "skipped_steps": self._velo.skipped_steps,
+            "iteration": self._velo.state.iteration,
+        }
+
     @property
     def skipped_steps(self):
         """Updates dropped so far because the loss or a gradient was not finite."""
-        return int(ops.convert_to_numpy(self._skipped_steps.value))
+        return int(ops.convert_to_numpy(self._velo.skipped_steps.value))
 
     def diagnostics(self):
         """What VeLO saw at its last update, as plain Python values.
@@ -508,14 +376,15 @@ class VeLO(keras.optimizers.Optimizer):
         variable, in build order), `iteration`, `skipped_steps`,
         `consecutive_skips`, `variable_paths`.
         """
+        velo = self._velo
         value = lambda v: ops.convert_to_numpy(v.value)  # noqa: E731
         return {
-            "fraction_trained": float(value(self._last_fraction)),
-            "loss_features": value(self._last_loss_features).tolist(),
-            "lr_mult": value(self._last_lr_mult).tolist(),
-            "iteration": int(value(self._iteration)),
-            "skipped_steps": int(value(self._skipped_steps)),
-            "consecutive_skips": int(value(self._consecutive_skips)),
+            "fraction_trained": float(value(velo.last_fraction)),
+            "loss_features": value(velo.last_loss_features).tolist(),
+            "lr_mult": value(velo.last_lr_mult).tolist(),
+            "iteration": int(value(velo.state.iteration)),
+            "skipped_steps": int(value(velo.skipped_steps)),
+            "consecutive_skips": int(value(velo.consecutive_skips)),
             "variable_paths": [v.path for v in self._trainable_variables],
         }
 
@@ -529,7 +398,8 @@ class VeLO(keras.optimizers.Optimizer):
             config["learning_rate"] = keras.saving.deserialize_keras_object(
                 config["learning_rate"], custom_objects=custom_objects
             )
-        return cls(**config, _defer_weights=True)
+        config["weights"] = SavedWeights(config.get("weights"))
+        return cls(**config)
 
     def get_config(self):
         config = super().get_config()

@@ -20,7 +20,9 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_velo.update import StepDiagnostics, to_tensors, velo_update
+from keras_velo import segments
+from keras_velo.packing import pack, packed_layout, unpack
+from keras_velo.update import StepDiagnostics, packed_update, to_tensors
 
 DEFAULT_MAX_TRAINING_STEPS = 150_000
 
@@ -54,8 +56,9 @@ def plan_horizon(total_steps, max_training_steps=DEFAULT_MAX_TRAINING_STEPS):
 class GradientAccumulation(NamedTuple):
     """Running sums between VeLO updates (only when `num_accumulated > 1`).
 
-    Fields: `grad_sums` (tuple of arrays shaped like the params), `loss_sum`
-    `[]` float32, `count` `[]` int32 (calls so far, never reset).
+    Fields: `grad_sums` (packed `(factored, diagonal)` buffers, see
+    `keras_velo.packing`), `loss_sum` `[]` float32, `count` `[]` int32 (calls
+    so far, never reset).
     """
 
     grad_sums: tuple
@@ -65,27 +68,33 @@ class GradientAccumulation(NamedTuple):
 
 def init_gradient_accumulation(shapes):
     """Zeroed numpy `GradientAccumulation` for tensors of the given shapes."""
+    layout = packed_layout(shapes)
     return GradientAccumulation(
-        tuple(np.zeros(s, np.float32) for s in shapes),
+        tuple(None if r.empty else np.zeros(r.shape, np.float32)
+              for r in (layout.factored, layout.diagonal)),
         np.zeros([], np.float32),
         np.zeros([], np.int32),
     )
 
 
-def add_weight_decay(params, grads, loss, weight_decays):
-    """Coupled L2: `g + wd p` and `loss + sum_j wd_j sum(p_j²)`.
+def add_weight_decay(layout, params, grads, loss, weight_decays):
+    """Coupled L2 on packed buffers: `g + wd p` and `loss + sum_t wd_t sum(p_t²)`.
 
     `weight_decays` is one float per tensor (0 leaves a tensor undecayed).
     """
+    decays = np.asarray(weight_decays, np.float32)
     new_grads, penalty = [], 0.0
-    for p, g, wd in zip(params, grads, weight_decays):
-        if wd == 0.0:
-            new_grads.append(g)
+    for region, p, g in zip((layout.factored, layout.diagonal), params, grads):
+        if region.empty:
+            new_grads.append(None)
             continue
-        p32 = ops.cast(p, "float32")
-        new_grads.append(ops.cast(g, "float32") + wd * p32)
-        penalty = penalty + wd * ops.sum(ops.square(p32))
-    return new_grads, ops.cast(loss, "float32") + penalty
+        chunk_decay = ops.convert_to_tensor(decays[region.chunk_tensor][:, None, None])
+        new_grads.append(g + chunk_decay * p)
+        squares = segments.tensor_sums(
+            region, segments.chunk_sums([ops.square(p)]), layout.num_tensors
+        )[:, 0]
+        penalty = penalty + ops.sum(ops.convert_to_tensor(decays) * squares)
+    return tuple(new_grads), loss + penalty
 
 
 def prefab_update(
@@ -101,6 +110,7 @@ def prefab_update(
     step_scale=1.0,
     fraction_trained=None,
     skip_non_finite=True,
+    active=None,
 ):
     """`velo_update` behind the reference wrapper (weight decay, accumulation).
 
@@ -111,29 +121,50 @@ def prefab_update(
     With `skip_non_finite` (not in the reference), a call whose loss or any
     gradient is NaN or infinite changes nothing: params, state and
     accumulation come back as they were and `diagnostics.skipped` is True.
+
+    `active` (one static bool per tensor, or None for all) names the tensors
+    taking part; the others' entries in `params` and `grads` may be None,
+    come back as None, and keep their state.
     """
-    state, params, grads, accumulation = to_tensors(
-        (state, list(params), list(grads), accumulation)
-    )
+    params, grads = list(params), list(grads)
+    layout = packed_layout([tuple(p.shape) for p in params if p is not None] if active is None
+                           else _all_shapes(params, grads))
+    state, params, grads, accumulation = to_tensors((state, params, grads, accumulation))
+    dtypes = [None if p is None else keras.backend.standardize_dtype(p.dtype) for p in params]
+    packed_params, packed_grads = pack(layout, params), pack(layout, grads)
     loss = ops.cast(loss, "float32")
     if weight_decays is not None and any(wd != 0.0 for wd in weight_decays):
-        grads, loss = add_weight_decay(params, grads, loss, weight_decays)
-    result = _prefab_update(
-        theta, state, params, grads, loss, num_accumulated, accumulation,
-        step_scale, fraction_trained,
+        if active is not None:
+            weight_decays = [wd if a else 0.0 for wd, a in zip(weight_decays, active)]
+        packed_grads, loss = add_weight_decay(
+            layout, packed_params, packed_grads, loss, weight_decays
+        )
+    new_packed, new_state, new_accumulation, diagnostics = _prefab_update(
+        theta, state, layout, packed_params, packed_grads, loss, num_accumulated,
+        accumulation, step_scale, fraction_trained, active,
     )
-    if not skip_non_finite:
-        return result
-    finite = _all_finite([loss] + list(grads))
-    new_params, new_state, new_accumulation, diagnostics = result
-    keep = lambda new, old: None if new is None else ops.where(finite, new, old)  # noqa: E731
-    return (
-        [keep(n, o) for n, o in zip(new_params, params)],
-        keras.tree.map_structure(keep, new_state, state),
-        None if accumulation is None
-        else keras.tree.map_structure(keep, new_accumulation, accumulation),
-        diagnostics._replace(skipped=ops.logical_not(finite)),
-    )
+    if skip_non_finite:
+        finite = _all_finite([loss] + [g for g in packed_grads if g is not None])
+        keep = lambda new, old: None if new is None else ops.where(finite, new, old)  # noqa: E731
+        new_packed = tuple(keep(n, o) for n, o in zip(new_packed, packed_params))
+        new_state = keras.tree.map_structure(keep, new_state, state)
+        if accumulation is not None:
+            new_accumulation = keras.tree.map_structure(keep, new_accumulation, accumulation)
+        diagnostics = diagnostics._replace(skipped=ops.logical_not(finite))
+    new_params = unpack(layout, *new_packed, dtypes=[d or "float32" for d in dtypes])
+    if active is not None:
+        new_params = [p if a else None for p, a in zip(new_params, active)]
+    return new_params, new_state, new_accumulation, diagnostics
+
+
+def _all_shapes(params, grads):
+    shapes = []
+    for p, g in zip(params, grads):
+        source = p if p is not None else g
+        if source is None:
+            raise ValueError("Each tensor needs its parameter or gradient for its shape.")
+        shapes.append(tuple(source.shape))
+    return shapes
 
 
 def _all_finite(tensors):
@@ -143,30 +174,29 @@ def _all_finite(tensors):
 
 
 def _prefab_update(
-    theta, state, params, grads, loss, num_accumulated, accumulation, step_scale,
-    fraction_trained,
+    theta, state, layout, params, grads, loss, num_accumulated, accumulation, step_scale,
+    fraction_trained, active,
 ):
     if num_accumulated == 1:
-        new_params, new_state, diagnostics = velo_update(
-            theta, state, params, grads, loss, step_scale, fraction_trained
+        new_params, new_state, diagnostics = packed_update(
+            theta, state, layout, params, grads, loss, step_scale, fraction_trained, active
         )
         return new_params, new_state, None, diagnostics
 
     count = accumulation.count + 1
-    grad_sums = [
-        ops.cast(s, "float32") + ops.cast(g, "float32")
-        for s, g in zip(accumulation.grad_sums, grads)
-    ]
-    loss_sum = accumulation.loss_sum + ops.cast(loss, "float32")
+    grad_sums = tuple(
+        None if s is None else s + g for s, g in zip(accumulation.grad_sums, grads)
+    )
+    loss_sum = accumulation.loss_sum + loss
     is_update = ops.equal(count % num_accumulated, 0)
 
     def run_velo():
-        mean_grads = [s / num_accumulated for s in grad_sums]
-        new_params, new_state, diagnostics = velo_update(
-            theta, state, params, mean_grads, loss_sum / num_accumulated, step_scale,
-            fraction_trained,
+        mean_grads = tuple(None if s is None else s / num_accumulated for s in grad_sums)
+        new_params, new_state, diagnostics = packed_update(
+            theta, state, layout, params, mean_grads, loss_sum / num_accumulated, step_scale,
+            fraction_trained, active,
         )
-        zeros = [ops.zeros_like(s) for s in grad_sums]
+        zeros = tuple(None if s is None else ops.zeros_like(s) for s in grad_sums)
         return new_params, new_state, zeros, ops.zeros_like(loss_sum), diagnostics
 
     def only_accumulate():
@@ -179,11 +209,10 @@ def _prefab_update(
         diagnostics = StepDiagnostics(
             fraction,
             ops.zeros([9], "float32"),
-            ops.zeros([len(params)], "float32"),
+            ops.zeros([layout.num_tensors], "float32"),
             ops.convert_to_tensor(False),
         )
-        params_now = [ops.convert_to_tensor(p) for p in params]
-        return params_now, state, grad_sums, loss_sum, diagnostics
+        return params, state, grad_sums, loss_sum, diagnostics
 
     new_params, new_state, sums, loss_sum, diagnostics = _cond(
         is_update, run_velo, only_accumulate

@@ -358,3 +358,21 @@ def resolve_weights(weights, *, seed: int = 0) -> tuple[dict, str]:
         "weights must be None, a weights name, a checkpoint path or a theta dict, "
         f"got {type(weights).__name__}: {weights!r:.80}"
     )
+
+
+def resolve_saved_weights(weights, *, seed: int = 0):
+    """`resolve_weights` for an optimizer being restored from a save; never downloads.
+
+    A restored VeLO gets theta back with its saved variables, so loading it
+    here only matters if those are missing. Returns `(theta, description,
+    None)`, or `(None, description, error)` when it cannot be loaded
+    offline; the caller raises `error` only if nothing restores theta
+    before the first update.
+    """
+    try:
+        if isinstance(weights, str) and weights in PUBLISHED_WEIGHTS:
+            return load_published_weights(weights, download=False), weights, None
+        theta, description = resolve_weights(weights, seed=seed)
+        return theta, description, None
+    except (CheckpointError, ValueError, OSError) as error:
+        return None, f"not loaded ({weights!r}): {error}", error

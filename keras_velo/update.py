@@ -1,8 +1,23 @@
 """One VeLO update as a pure function of (theta, state, params, grads, loss).
 
 Spec: `shared/spec/velo_reference.md` §4 (order of operations). This is the
-function the Keras optimizer, the meta-trainer and the tests all call;
-theta is an argument so that evolution strategies can perturb it.
+function the Keras optimizer, meta-training and the tests all call; theta
+is an argument so that evolution strategies can perturb it (it works under
+`jax.jit` and `jax.vmap` over thetas).
+
+All tensors are updated together in the packed layout of
+`keras_velo.packing`, so the traced program has the same size whatever the
+number of tensors (beyond one reshape per tensor to pack and unpack). Three
+passes go over the parameters:
+
+1. sums per tensor of p², m, rms (old values), and the factored second
+   moments' row and column sums of g²;
+2. centred sums for the LSTM features and the mean squares of the MLP's
+   input channels (its normalisers);
+3. the per-parameter MLP, the step, and the new momenta and rms;
+
+with the loss features, the LSTM hypernetwork and the weight mixing, which
+are per tensor, in between.
 
 Example (any backend; arrays may be numpy, they are converted):
 
@@ -15,18 +30,14 @@ Example (any backend; arrays may be numpy, they are converted):
 >>> params, state, diagnostics = velo_update(theta, state, params, grads, loss=1.0)
 """
 
+import math
 from typing import NamedTuple
 
 import keras
 import numpy as np
 from keras import ops
 
-from keras_velo.accumulators import (
-    Accumulators,
-    accumulator_shapes,
-    clip_gradient,
-    update_accumulators,
-)
+from keras_velo.accumulators import Accumulators
 from keras_velo.hypernetwork import (
     control_heads,
     lstm_step,
@@ -34,13 +45,11 @@ from keras_velo.hypernetwork import (
     mix_tensor_features,
 )
 from keras_velo.loss_features import init_loss_buffer, loss_features, update_loss_buffer
-from keras_velo.parameter_mlp import (
-    channel_normalizers,
-    mlp_direction_and_magnitude,
-    mlp_input_channels,
-    parameter_step,
-)
+from keras_velo.packing import LANES, pack, packed_layout, unpack
+from keras_velo.parameter_mlp import LANE_TABLE_CHANNELS, NUM_CHANNELS, ROW_TABLE_CHANNELS, normalizers
+from keras_velo.region_step import RegionStep
 from keras_velo.tensor_features import (
+    element_means,
     fraction_features,
     stack_lstm_inputs,
     tensor_statistics_features,
@@ -49,36 +58,30 @@ from keras_velo.tensor_features import (
 PARAM_SCALE_EPSILON = 1e-9
 
 
-class TensorState(NamedTuple):
-    """VeLO's state for one parameter tensor of shape S.
-
-    Fields:
-        accumulators: `Accumulators` (momenta `[3, *S]`, rms `S`, factored or
-            diagonal second moments), stored in the parameter's dtype.
-        lstm_hidden: `[H]` float32, this tensor's row of the LSTM state.
-        lstm_cell: `[H]` float32.
-    """
-
-    accumulators: Accumulators
-    lstm_hidden: object
-    lstm_cell: object
-
-
 class VeLOState(NamedTuple):
-    """The whole optimizer state.
+    """The whole optimizer state, in the packed layout of the tensors' shapes.
 
     Fields:
         iteration: `[]` int32, VeLO updates done so far.
         num_steps: `[]` int32, the training horizon VeLO is told.
         loss_buffer: `LossBuffer`.
-        tensors: tuple of `TensorState`, one per parameter tensor, in a fixed
-            order (it decides which LSTM row belongs to which tensor).
+        factored: `Accumulators` of the factored region (momentum, rms,
+            row_moment, col_moment; see `accumulators.py`), or None.
+        diagonal: `Accumulators` of the diagonal region (momentum, rms,
+            diag_moment), or None.
+        lstm_hidden: `[N, H]` float32, one LSTM state row per tensor.
+        lstm_cell: `[N, H]` float32.
+
+    `keras_velo.state_view.tensor_states` shows it per tensor.
     """
 
     iteration: object
     num_steps: object
     loss_buffer: object
-    tensors: tuple
+    factored: object
+    diagonal: object
+    lstm_hidden: object
+    lstm_cell: object
 
 
 class StepDiagnostics(NamedTuple):
@@ -95,30 +98,47 @@ class StepDiagnostics(NamedTuple):
     skipped: object = False
 
 
-def init_tensor_state(theta, shape, dtype="float32"):
-    """Fresh numpy `TensorState` for a tensor of `shape` (accumulators in `dtype`)."""
-    shapes = accumulator_shapes(shape)
-    accumulators = Accumulators(
-        *[None if s is None else np.zeros(s, dtype) for s in shapes]
+def _region_accumulators(region):
+    """Zeroed numpy `Accumulators` for one region (None if it is empty)."""
+    if region.empty:
+        return None
+    zeros = lambda *shape: np.zeros(shape, np.float32)  # noqa: E731
+    if region.factored:
+        return Accumulators(
+            momentum=zeros(3, *region.shape),
+            rms=zeros(*region.shape),
+            row_moment=zeros(3, region.num_runs + 1),
+            col_moment=zeros(3, region.num_lane_groups + 1, LANES),
+        )
+    return Accumulators(
+        momentum=zeros(3, *region.shape),
+        rms=zeros(*region.shape),
+        diag_moment=zeros(3, *region.shape),
     )
+
+
+def init_state(theta, shapes, num_steps):
+    """A fresh `VeLOState` for tensors of the given shapes.
+
+    Accumulators are numpy zeros; the LSTM state rows are the checkpoint's
+    `lstm_init_state` tiled to one row per tensor, computed with `keras.ops`
+    so that a traced (e.g. perturbed) theta reaches them.
+    """
+    layout = packed_layout(shapes)
     init = theta["lstm_init_state"]
-    return TensorState(
-        accumulators,
-        np.asarray(init["hidden"], np.float32)[0],
-        np.asarray(init["cell"], np.float32)[0],
-    )
 
+    def tiled(value):
+        value = ops.cast(ops.convert_to_tensor(value), "float32")
+        return ops.broadcast_to(value, (layout.num_tensors, value.shape[-1]))
 
-def init_state(theta, shapes, num_steps, dtypes=None):
-    """Fresh numpy `VeLOState` for tensors of the given shapes (and dtypes)."""
-    dtypes = dtypes or ["float32"] * len(shapes)
     return VeLOState(
         iteration=np.zeros([], np.int32),
         num_steps=np.asarray(num_steps, np.int32),
         loss_buffer=init_loss_buffer(num_steps),
-        tensors=tuple(
-            init_tensor_state(theta, s, d) for s, d in zip(shapes, dtypes)
-        ),
+        factored=_region_accumulators(layout.factored),
+        diagonal=_region_accumulators(layout.diagonal),
+        lstm_hidden=tiled(init["hidden"]),
+        lstm_cell=tiled(init["cell"]),
     )
 
 
@@ -129,24 +149,135 @@ def to_tensors(structure):
     )
 
 
-def _as_work_shape(accumulators, work_shape):
-    """float32 copies, with a rank-0 tensor's slots reshaped as for shape [1]."""
+def static_counts(layout):
+    """`(sizes [N], channel_counts [N, 30])` float32: elements per tensor and channel.
 
-    def convert(slot, has_decay_axis):
-        if slot is None:
+    A factored tensor's row channels have one value per run (`R1 X`), its
+    column channels one per `(r1, d0)` (`R1 D0`); all others one per element.
+    """
+    sizes = np.asarray([max(1, math.prod(s)) for s in layout.shapes], np.float32)
+    counts = np.repeat(sizes[:, None], NUM_CHANNELS, axis=1)
+    for t in layout.factored.placements:
+        for (c,) in ROW_TABLE_CHANNELS:
+            counts[t.index, c] = t.num_runs
+        for (c,) in LANE_TABLE_CHANNELS:
+            counts[t.index, c] = t.num_run_groups * t.run_length
+    return sizes, counts
+
+
+def packed_update(theta, state, layout, params, grads, loss, step_scale=1.0,
+                  fraction_trained=None, active=None):
+    """`velo_update` on packed buffers: returns `(new (factored, diagonal), new_state, diagnostics)`.
+
+    Args:
+        layout: the `PackedLayout` of the tensors.
+        params, grads: `(factored, diagonal)` float32 buffers (`packing.pack`).
+        active: None (every tensor takes part) or one static bool per
+            tensor: inactive tensors keep their state and LSTM rows, and are
+            left out of the cross-tensor max, as if they were not there.
+    """
+    theta, state = to_tensors((theta, state))
+    rnn_params = theta["rnn_params"]
+    num_tensors = layout.num_tensors
+    sizes, counts = static_counts(layout)
+    sizes, counts = ops.convert_to_tensor(sizes), ops.convert_to_tensor(counts)
+
+    buffer = update_loss_buffer(state.loss_buffer, loss)
+    loss_feats = loss_features(buffer)
+    if fraction_trained is None:
+        fraction = ops.cast(state.iteration, "float32") / ops.cast(state.num_steps, "float32")
+    else:
+        fraction = ops.cast(fraction_trained, "float32")
+
+    regions = [
+        RegionStep(region, accumulators, p, g)
+        for region, accumulators, p, g in zip(
+            (layout.factored, layout.diagonal), (state.factored, state.diagonal), params, grads
+        )
+        if not region.empty
+    ]
+    # Pass 1: per-tensor means of the old values.
+    mean_sums = sum(r.mean_sums(num_tensors) for r in regions)
+    mean_square, mean_momentum, _ = element_means(mean_sums, sizes)
+    for r in regions:
+        r.update_accumulators()
+    # Pass 2: centred sums (LSTM features) and channel mean squares (MLP normalisers).
+    centred_sums, channel_sums = 0.0, 0.0
+    for r in regions:
+        centred, channels = r.centred_and_channel_sums(mean_momentum, num_tensors)
+        centred_sums, channel_sums = centred_sums + centred, channel_sums + channels
+
+    per_tensor = tensor_statistics_features(mean_sums, centred_sums, sizes, layout.shapes)
+    lstm_inputs = stack_lstm_inputs(fraction_features(fraction), loss_feats, per_tensor)
+    mask = None if active is None else np.asarray(active, bool)
+    hidden, cell = lstm_step(
+        rnn_params,
+        mix_tensor_features(rnn_params, lstm_inputs, mask),
+        ops.cast(state.lstm_hidden, "float32"),
+        ops.cast(state.lstm_cell, "float32"),
+    )
+    controls, lr_mult = control_heads(rnn_params, hidden)
+    weights = mix_mlp_weights(theta["ff_mod_stack"]["~"], controls)
+    first_layer = weights["w0"] * normalizers(channel_sums / counts)[:, :, None]
+    param_scale = ops.sqrt(mean_square + PARAM_SCALE_EPSILON)
+
+    # Pass 3: the per-parameter MLP and the step.
+    new_params = [None, None]
+    new_accumulators = [None, None]
+    for r in regions:
+        slot = 0 if r.region.factored else 1
+        new_params[slot] = r.new_params(first_layer, weights, lr_mult, param_scale, step_scale)
+        new_accumulators[slot] = r.new_accumulators()
+
+    new_state = VeLOState(
+        iteration=state.iteration + 1,
+        num_steps=state.num_steps,
+        loss_buffer=buffer,
+        factored=new_accumulators[0],
+        diagonal=new_accumulators[1],
+        lstm_hidden=hidden,
+        lstm_cell=cell,
+    )
+    if mask is not None:
+        new_state = keep_inactive(layout, mask, new_state, state)
+        lr_mult = ops.where(ops.convert_to_tensor(mask), lr_mult, 0.0)
+    return tuple(new_params), new_state, StepDiagnostics(fraction, loss_feats, lr_mult)
+
+
+def keep_inactive(layout, active, new_state, old_state):
+    """`new_state` with the slots of inactive tensors taken from `old_state`."""
+    active = np.asarray(active, bool)
+
+    def choose(mask, new, old, axis_shape):
+        keep = ops.convert_to_tensor(mask.reshape(axis_shape))
+        return ops.where(keep, new, old)
+
+    def region_state(region, new, old):
+        if new is None:
             return None
-        shape = (slot.shape[0],) + work_shape if has_decay_axis else work_shape
-        if len(shape) != len(slot.shape):
-            slot = ops.reshape(slot, shape)
-        return ops.cast(slot, "float32")
+        chunk = active[region.chunk_tensor]
+        element = (1, -1, 1, 1)
+        fields = {
+            "momentum": choose(chunk, new.momentum, old.momentum, element),
+            "rms": choose(chunk, new.rms, old.rms, element[1:]),
+        }
+        if region.factored:
+            fields["row_moment"] = choose(
+                active[region.run_tensor], new.row_moment, old.row_moment, (1, -1)
+            )
+            fields["col_moment"] = choose(
+                active[region.lane_group_tensor], new.col_moment, old.col_moment, (1, -1, 1)
+            )
+        else:
+            fields["diag_moment"] = choose(chunk, new.diag_moment, old.diag_moment, element)
+        return new._replace(**fields)
 
-    momentum, rms, row, col, diag = accumulators
-    return Accumulators(
-        convert(momentum, True),
-        convert(rms, False),
-        None if row is None else ops.cast(row, "float32"),
-        None if col is None else ops.cast(col, "float32"),
-        convert(diag, True),
+    rows = (-1, 1)
+    return new_state._replace(
+        factored=region_state(layout.factored, new_state.factored, old_state.factored),
+        diagonal=region_state(layout.diagonal, new_state.diagonal, old_state.diagonal),
+        lstm_hidden=choose(active, new_state.lstm_hidden, old_state.lstm_hidden, rows),
+        lstm_cell=choose(active, new_state.lstm_cell, old_state.lstm_cell, rows),
     )
 
 
@@ -155,7 +286,7 @@ def velo_update(theta, state, params, grads, loss, step_scale=1.0, fraction_trai
 
     Args:
         theta: nested dict of VeLO's weights (numpy or backend tensors).
-        state: `VeLOState` for these tensors.
+        state: `VeLOState` for these tensors (`init_state`).
         params: list of the current parameter tensors (any float dtype).
         grads: list of gradients, same shapes.
         loss: scalar training loss of this step.
@@ -165,76 +296,14 @@ def velo_update(theta, state, params, grads, loss, step_scale=1.0, fraction_trai
             time / time budget); None is the reference.
 
     New params are `p + ((p - step) - p)`, the reference optax adapter's
-    round trip, and every new leaf keeps the dtype of the old one.
+    round trip, and keep the dtype of the old ones.
     """
-    theta, state, params, grads = to_tensors((theta, state, list(params), list(grads)))
-    rnn_params = theta["rnn_params"]
-    buffer = update_loss_buffer(state.loss_buffer, loss)
-    loss_feats = loss_features(buffer)
-    if fraction_trained is None:
-        fraction = ops.cast(state.iteration, "float32") / ops.cast(state.num_steps, "float32")
-    else:
-        fraction = ops.cast(fraction_trained, "float32")
-    fraction_feats = fraction_features(fraction)
-
-    # Rank-0 tensors are handled as shape [1] throughout.
-    work_shapes = [tuple(p.shape) or (1,) for p in params]
-    params32 = [
-        ops.reshape(ops.cast(p, "float32"), s) for p, s in zip(params, work_shapes)
-    ]
-    grads32 = [
-        clip_gradient(ops.reshape(ops.cast(g, "float32"), s))
-        for g, s in zip(grads, work_shapes)
-    ]
-    old_accumulators = [
-        _as_work_shape(t.accumulators, s) for t, s in zip(state.tensors, work_shapes)
-    ]
-    mean_squares = [ops.mean(ops.square(p)) for p in params32]
-
-    per_tensor = [
-        tensor_statistics_features(msq, acc.momentum, acc.rms, p.shape)
-        for msq, acc, p in zip(mean_squares, old_accumulators, params)
-    ]
-    lstm_inputs = stack_lstm_inputs(fraction_feats, loss_feats, per_tensor)
-    hidden = ops.stack([ops.cast(t.lstm_hidden, "float32") for t in state.tensors])
-    cell = ops.stack([ops.cast(t.lstm_cell, "float32") for t in state.tensors])
-    hidden, cell = lstm_step(
-        rnn_params, mix_tensor_features(rnn_params, lstm_inputs), hidden, cell
+    params, grads = list(params), list(grads)
+    layout = packed_layout([tuple(p.shape) for p in params])
+    params, grads = to_tensors((params, grads))
+    new_packed, new_state, diagnostics = packed_update(
+        theta, state, layout, pack(layout, params), pack(layout, grads), loss,
+        step_scale, fraction_trained,
     )
-    controls, lr_mult = control_heads(rnn_params, hidden)
-    mlp_weights = mix_mlp_weights(theta["ff_mod_stack"]["~"], controls)
-
-    new_params, new_tensors = [], []
-    for j, (p, g, acc, msq) in enumerate(
-        zip(params32, grads32, old_accumulators, mean_squares)
-    ):
-        accumulators, preconditioners = update_accumulators(acc, g)
-        channels = mlp_input_channels(p, g, accumulators, preconditioners)
-        weights = {name: value[j] for name, value in mlp_weights.items()}
-        direction, magnitude = mlp_direction_and_magnitude(
-            channels, channel_normalizers(channels), weights
-        )
-        param_scale = ops.sqrt(msq + PARAM_SCALE_EPSILON)
-        step = parameter_step(direction, magnitude, param_scale, lr_mult[j]) * step_scale
-        new_p = p + ((p - step) - p)
-        old = state.tensors[j]
-        new_params.append(ops.cast(ops.reshape(new_p, params[j].shape), params[j].dtype))
-        new_tensors.append(
-            TensorState(
-                Accumulators(
-                    *[
-                        None if new is None else ops.cast(ops.reshape(new, o.shape), o.dtype)
-                        for new, o in zip(accumulators, old.accumulators)
-                    ]
-                ),
-                hidden[j],
-                cell[j],
-            )
-        )
-    new_state = VeLOState(
-        iteration=state.iteration + 1,
-        num_steps=state.num_steps,
-        loss_buffer=buffer,
-        tensors=tuple(new_tensors),
-    )
-    return new_params, new_state, StepDiagnostics(fraction, loss_feats, lr_mult)
+    dtypes = [keras.backend.standardize_dtype(p.dtype) for p in params]
+    return unpack(layout, *new_packed, dtypes), new_state, diagnostics

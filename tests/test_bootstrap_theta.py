@@ -16,6 +16,7 @@ from keras import ops
 
 from keras_velo import hypernetwork, parameter_mlp, tensor_features
 from keras_velo.theta import flatten_theta, theta_num_parameters, validate_theta
+from keras_velo.state_view import tensor_states
 from keras_velo.update import init_state, to_tensors, velo_update
 from meta import bootstrap_theta as bootstrap
 from meta.bootstrap_theta import (
@@ -204,7 +205,7 @@ def test_step_is_the_normalised_momentum_direction(update, theta_tensors):
     kappa = DEFAULT_CONSTANTS.weight_decay
     for j, (p, step) in enumerate(zip(before, steps)):
         p = p.astype(np.float64)
-        accumulators = state.tensors[j].accumulators
+        accumulators = tensor_states(state, SHAPES).tensors[j].accumulators
         momentum = _np(accumulators.momentum)[DEFAULT_CONSTANTS.direction_decay]
         direction = momentum / np.sqrt(_np(accumulators.rms) + 1e-6)
         intended = _normalised(direction) + kappa * _normalised(p)

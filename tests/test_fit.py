@@ -70,7 +70,7 @@ class _RecordFedLoss(keras.callbacks.Callback):
     def on_train_batch_end(self, batch, logs=None):
         self.model  # noqa: B018 (sync on JAX)
         self.fed.append(float(ops.convert_to_numpy(self.velo.loss_variable.value)))
-        self.counts.append(int(ops.convert_to_numpy(self.velo._loss_buffer.iteration.value)))
+        self.counts.append(int(self.velo.velo_state().loss_buffer.iteration))
 
 
 def _batch_loss(model, weights, x, y):

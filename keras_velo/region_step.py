@@ -1,0 +1,256 @@
+"""One packed region (`keras_velo.packing`) through the three passes of a VeLO update.
+
+`RegionStep` holds a region's old accumulators, parameters and clipped
+gradients, and computes, in the order `update.packed_update` calls them:
+
+1. `mean_sums`: per-tensor sums of p², m_k and rms (old values), spec §5.4;
+2. `update_accumulators`: new momenta, rms and second moments (§5.6), and
+   the MLP's input channels (§5.8);
+3. `centred_and_channel_sums`: the centred sums of the LSTM features and
+   the channels' sums of squares (the MLP normalisers, §5.9);
+4. `direction_and_magnitude` / `new_params`: the per-parameter MLP and the
+   step (§5.9-§5.10).
+
+Factored regions keep their row/column statistics in the run and lane-group
+tables; the table channels join the first layer as per-row and per-lane
+partial sums. Each method works for all of the region's tensors at once.
+"""
+
+import numpy as np
+from keras import ops
+
+from keras_velo import segments
+from keras_velo.accumulators import (
+    Accumulators,
+    clip_gradient,
+    col_factor,
+    row_factor,
+    squared_gradient,
+    update_momenta,
+    update_second_moment,
+)
+from keras_velo.packing import LANES, RowIndex
+from keras_velo.parameter_mlp import (
+    DIAGONAL_ELEMENT_CHANNELS,
+    FACTORED_ELEMENT_CHANNELS,
+    LANE_TABLE_CHANNELS,
+    NUM_CHANNELS,
+    NUM_OUTPUTS_USED,
+    ROW_TABLE_CHANNELS,
+    diagonal_element_channels,
+    factored_element_channels,
+    first_layer_coefficients,
+    masked_squares,
+    mlp_direction_and_magnitude,
+    parameter_step,
+    table_channels,
+    weighted_sums,
+)
+from keras_velo.tensor_features import centred_values
+from keras_velo.theta import MLP_HIDDEN_SIZE
+
+
+def scatter_columns(sums, channel_map):
+    """`[N, 30]` from `[N, len(channel_map)]`: each column to its channel(s), 0 elsewhere."""
+    source = np.full(NUM_CHANNELS, len(channel_map), np.int32)
+    for column, indices in enumerate(channel_map):
+        source[list(indices)] = column
+    padded = ops.concatenate([sums, ops.zeros((sums.shape[0], 1), sums.dtype)], axis=1)
+    return ops.take(padded, ops.convert_to_tensor(source), axis=1)
+
+
+class RegionStep:
+    """One region's inputs and intermediate values through an update.
+
+    Args:
+        region: the `packing.Region`.
+        accumulators: its old `Accumulators` (tensors).
+        params: its packed parameters, `[chunks, rows, lanes]` float32.
+        grads: its packed gradients (clipped here to [-1000, 1000]).
+    """
+
+    def __init__(self, region, accumulators, params, grads):
+        self.region = region
+        self.old = accumulators
+        self.params = params
+        self.grads = clip_gradient(grads)
+        self.index = RowIndex(region)
+        self.valid = self.index.valid()
+
+    def mean_sums(self, num_tensors):
+        """`[N, 5]` per-tensor sums of p², m_0, m_1, m_2 and rms (old values)."""
+        momentum = self.old.momentum
+        sums = segments.chunk_sums(
+            [ops.square(self.params), momentum[0], momentum[1], momentum[2], self.old.rms]
+        )
+        return segments.tensor_sums(self.region, sums, num_tensors)
+
+    def update_accumulators(self):
+        """New momenta, rms and second moments; the MLP's element channels.
+
+        Sets `momentum`, `rms`, `channels` (with `channel_map`) and either
+        `diag_moment` or `row_moment`, `col_moment`, `row_factor`,
+        `col_factor`, `row_channels`, `lane_channels` (tables).
+        """
+        region, index = self.region, self.index
+        self.momentum, self.rms = update_momenta(self.old.momentum, self.old.rms, self.grads)
+        squared = squared_gradient(self.grads)
+        if not region.factored:
+            self.diag_moment = update_second_moment(self.old.diag_moment, squared)
+            self.channel_map = DIAGONAL_ELEMENT_CHANNELS
+            self.channels = diagonal_element_channels(
+                self.params, self.grads, self.momentum, self.rms, self.diag_moment
+            )
+            return
+        squared = squared * self.valid
+        run_length = ops.convert_to_tensor(region.run_length.astype(np.float32))
+        width = ops.convert_to_tensor(region.lane_group_width.astype(np.float32))
+        self.row_moment = update_second_moment(
+            self.old.row_moment, segments.run_sums(region, index, squared) / run_length
+        )
+        self.col_moment = update_second_moment(
+            self.old.col_moment,
+            segments.lane_group_sums(region, index, squared) / width[:, None],
+        )
+        group_width = ops.convert_to_tensor(region.run_group_width.astype(np.float32))
+        row_mean = segments.run_group_sums(region, self.row_moment) / group_width
+        row_mean = ops.take(row_mean, ops.convert_to_tensor(region.run_group), axis=1)
+        self.row_factor = row_factor(self.row_moment, row_mean)
+        self.col_factor = col_factor(self.col_moment)
+        self.channel_map = FACTORED_ELEMENT_CHANNELS
+        self.channels = factored_element_channels(
+            self.params,
+            self.grads,
+            self.momentum,
+            self.rms,
+            segments.per_row(self.row_factor, index),
+            segments.per_lane(self.col_factor, index),
+        )
+        self.row_channels = table_channels(self.row_moment)
+        self.lane_channels = table_channels(self.col_moment)
+
+    def centred_and_channel_sums(self, mean_momentum, num_tensors):
+        """`([N, 6], [N, 30])`: centred sums (LSTM features) and channel square sums.
+
+        `mean_momentum` is `[N, 3]`, each tensor's mean old momentum.
+        """
+        region = self.region
+        mean_momentum = segments.per_chunk(region, ops.transpose(mean_momentum))
+        centred = [
+            v * self.valid for v in centred_values(self.old.momentum, self.old.rms, mean_momentum)
+        ]
+        squares = masked_squares(self.channels, self.channel_map, self.valid)
+        sums = segments.tensor_sums(
+            region, segments.chunk_sums(centred + squares), num_tensors
+        )
+        channel_sums = scatter_columns(sums[:, 6:], self.channel_map)
+        if region.factored:
+            channel_sums = channel_sums + self._table_channel_sums(num_tensors)
+        return sums[:, :6], channel_sums
+
+    def _table_channel_sums(self, num_tensors):
+        region = self.region
+        rows = ops.stack([ops.square(x) for x in self.row_channels])[:, :-1]
+        row_sums = segments.table_tensor_sums(region.run_tensor[:-1], rows, num_tensors)
+        lanes = np.arange(LANES)[None, :] < region.lane_group_valid_lanes[:, None]
+        lanes = ops.convert_to_tensor(lanes[:-1].astype(np.float32))
+        cols = ops.stack([ops.square(x)[:-1] * lanes for x in self.lane_channels])
+        col_sums = segments.table_tensor_sums(region.lane_group_tensor[:-1], cols, num_tensors)
+        return scatter_columns(row_sums, ROW_TABLE_CHANNELS) + scatter_columns(
+            col_sums, LANE_TABLE_CHANNELS
+        )
+
+    def direction_and_magnitude(self, first_layer, weights):
+        """The MLP's outputs 0 and 1 at every element, `[chunks, rows, lanes]` each.
+
+        Args:
+            first_layer: `[N, 30, 4]` first-layer weights, normalisers folded in.
+            weights: the mixed MLP weights (`hypernetwork.mix_mlp_weights`):
+                `b0 [N, 4]`, `w1 [N, 4, 4]`, `b1 [N, 4]`, `w2 [N, 4, 3]`,
+                `b2 [N, 3]`.
+        """
+        layers, per_channel = self._chunk_weights(first_layer, weights)
+        sums = weighted_sums(self.channels, per_channel)
+        if self.region.factored:
+            row = segments.per_row(
+                self._table_part(first_layer, ROW_TABLE_CHANNELS, self.row_channels,
+                                 self.region.run_tensor),
+                self.index,
+            )
+            lane = segments.per_lane(
+                self._table_part(first_layer, LANE_TABLE_CHANNELS, self.lane_channels,
+                                 self.region.lane_group_tensor),
+                self.index,
+            )
+            sums = [sums[j] + row[j] + lane[j] for j in range(MLP_HIDDEN_SIZE)]
+        return mlp_direction_and_magnitude(sums, layers)
+
+    def new_params(self, first_layer, weights, lr_mult, param_scale, step_scale=1.0):
+        """New parameters `p + ((p - step) - p)` of the region (the optax round trip).
+
+        `lr_mult` and `param_scale` are `[N]`: each tensor's step multiplier
+        and `sqrt(mean(p²) + 1e-9)`.
+        """
+        direction, magnitude = self.direction_and_magnitude(first_layer, weights)
+        scales = segments.per_chunk(self.region, ops.stack([lr_mult, param_scale]))
+        step = parameter_step(direction, magnitude, scales[1], scales[0]) * step_scale
+        p = self.params
+        return p + ((p - step) - p)
+
+    def new_accumulators(self):
+        if self.region.factored:
+            return Accumulators(self.momentum, self.rms, self.row_moment, self.col_moment)
+        return Accumulators(self.momentum, self.rms, diag_moment=self.diag_moment)
+
+    def _chunk_weights(self, first_layer, weights):
+        """Per-tensor MLP weights broadcast to the region's chunks (`[chunks, 1, 1]` each).
+
+        Returns `(layers, per_channel)`: the dict `mlp_direction_and_magnitude`
+        takes, and for each element channel its 4 first-layer weights.
+        """
+        num_tensors = first_layer.shape[0]
+        coefficients = first_layer_coefficients(first_layer, self.channel_map)
+        used = NUM_OUTPUTS_USED
+        pieces = {
+            "first": ops.transpose(coefficients, (0, 2, 1)),  # [arrays, 4, N]
+            "b0": ops.transpose(weights["b0"]),
+            "w1": ops.transpose(weights["w1"], (1, 2, 0)),  # [4 (in), 4 (out), N]
+            "b1": ops.transpose(weights["b1"]),
+            "w2": ops.transpose(weights["w2"][:, :, :used], (1, 2, 0)),
+            "b2": ops.transpose(weights["b2"][:, :used]),
+        }
+        table = ops.concatenate(
+            [ops.reshape(x, (-1, num_tensors)) for x in pieces.values()], axis=0
+        )
+        chunk = segments.per_chunk(self.region, table)
+        position = iter(range(chunk.shape[0]))
+
+        def take(count):
+            return [chunk[next(position)] for _ in range(count)]
+
+        hidden = MLP_HIDDEN_SIZE
+        per_channel = [take(hidden) for _ in self.channel_map]
+        layers = {
+            "b0": take(hidden),
+            "w1": [take(hidden) for _ in range(hidden)],
+            "b1": take(hidden),
+            "w2": [take(used) for _ in range(hidden)],
+            "b2": take(used),
+        }
+        return layers, per_channel
+
+    @staticmethod
+    def _table_part(first_layer, channel_map, channels, tensor_of_entry):
+        """`[4, entries, ...]`: the first layer's sum over a table's 6 channels."""
+        coefficients = first_layer_coefficients(first_layer, channel_map)  # [6, N, 4]
+        coefficients = ops.take(coefficients, ops.convert_to_tensor(tensor_of_entry), axis=1)
+        extra_axes = len(channels[0].shape) - 1
+        parts = []
+        for j in range(MLP_HIDDEN_SIZE):
+            total = None
+            for c, channel in enumerate(channels):
+                weight = ops.reshape(coefficients[c, :, j], (-1,) + (1,) * extra_axes)
+                term = channel * weight
+                total = term if total is None else total + term
+            parts.append(total)
+        return ops.stack(parts)
