@@ -156,7 +156,7 @@ def variable_bytes(variable):
 
 def state_bytes(velo, adam, variables):
     """Optimizer-state sizes after build (bytes), VeLO split into state/theta."""
-    theta_ids = {id(v) for v in velo._theta_variables.values()}
+    theta_ids = {id(v) for v in velo._velo.theta.values()}
     velo_theta = sum(variable_bytes(v) for v in velo.variables if id(v) in theta_ids)
     velo_state = sum(
         variable_bytes(v) for v in velo.variables if id(v) not in theta_ids

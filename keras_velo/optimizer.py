@@ -347,10 +347,11 @@ class VeLO(keras.optimizers.Optimizer):
         self.assign(velo.consecutive_skips, (velo.consecutive_skips.value + 1) * skipped)
         self.assign(velo.last_fraction, diagnostics.fraction_trained)
         self.assign(velo.last_loss_features, diagnostics.loss_features)
-        lr_mult = diagnostics.lr_mult
-        if active is not None:
-            lr_mult = ops.where(ops.convert_to_tensor(active), lr_mult, velo.last_lr_mult.value)
-        self.assign(velo.last_lr_mult, lr_mult)
+        for variable, value in ((velo.last_lr_mult, diagnostics.lr_mult),
+                                (velo.last_step_rms, diagnostics.step_rms)):
+            if active is not None:
+                value = ops.where(ops.convert_to_tensor(active), value, variable.value)
+            self.assign(variable, value)
 
     def load_own_variables(self, store):
         super().load_own_variables(store)
@@ -372,9 +373,10 @@ class VeLO(keras.optimizers.Optimizer):
     def diagnostics(self):
         """What VeLO saw at its last update, as plain Python values.
 
-        `fraction_trained`, `loss_features` (9 floats), `lr_mult` (one per
-        variable, in build order), `iteration`, `skipped_steps`,
-        `consecutive_skips`, `variable_paths`.
+        `fraction_trained`, `loss_features` (9 floats), `lr_mult` and
+        `step_rms` (one per variable, in build order: VeLO's step multiplier
+        and the root mean square of the step it took), `iteration`,
+        `skipped_steps`, `consecutive_skips`, `variable_paths`.
         """
         velo = self._velo
         value = lambda v: ops.convert_to_numpy(v.value)  # noqa: E731
@@ -382,6 +384,7 @@ class VeLO(keras.optimizers.Optimizer):
             "fraction_trained": float(value(velo.last_fraction)),
             "loss_features": value(velo.last_loss_features).tolist(),
             "lr_mult": value(velo.last_lr_mult).tolist(),
+            "step_rms": value(velo.last_step_rms).tolist(),
             "iteration": int(value(velo.state.iteration)),
             "skipped_steps": int(value(velo.skipped_steps)),
             "consecutive_skips": int(value(velo.consecutive_skips)),

@@ -6,38 +6,39 @@ PyTorch's kernel launches) grow with the number of tensors. Here every
 tensor is placed, once, in one of two buffers of fixed-size chunks, so each
 stage of the update is a handful of array operations whatever the model:
 
-* **factored region** (tensors of rank >= 2): a tensor of shape S is
-  transposed so that its largest axis d0 comes last and its second-largest
-  d1 just before it (spec §2; ties keep index order), giving the canonical
-  shape `[*rest, X, D0]` with `X = S[d1]`, `D0 = S[d0]`. Each of its
-  `R1 * X` *runs* (D0 consecutive values sharing every index but d0) is
-  split into `k = ceil(D0 / LANES)` rows of `LANES` values, the last one
-  zero-padded. A tensor's rows are padded to whole chunks of
-  `FACTORED_CHUNK_ROWS` rows: the buffer is `[chunks, rows, LANES]`.
-  Its factored second moments then live in two small tables: the row moment
-  (mean over d0) has one value per run (`[runs + 1]`), the column moment
-  (mean over d1) one value per `(r1, d0)`, stored as *lane groups* of
-  `LANES` values, one per `(r1, piece)` (`[lane_groups + 1, LANES]`). The
-  last slot of each table is a dummy that padding rows point at.
+* **factored region** (tensors of rank >= 2). With d0 the largest axis and
+  d1 the second largest (spec §2; ties keep index order), a tensor is seen
+  as `[R1, X, D0]`: `X = S[d1]`, `D0 = S[d0]`, `R1` the product of its other
+  axes. Its `R1 * X` *runs* (D0 values sharing every index but d0) hold the
+  row moment (mean over d0); for each `r1`, the column moment (mean over
+  d1) has D0 values. D0 is cut into `k = ceil(D0 / LANES)` *pieces* of
+  `LANES` lanes (the last zero-padded), and each `(r1, piece)` is a *lane
+  group*: a block of X rows (runs) by LANES lanes, stored contiguously with
+  X padded to whole chunks of `FACTORED_CHUNK_ROWS` rows. So every chunk lies
+  in one lane group, its rows are consecutive runs, and the tables reach the
+  elements by broadcasting: one row-moment value per row, one column-moment
+  value per lane. The tables are `[runs + 1]` and `[lane_groups + 1, LANES]`;
+  their last slot is a dummy that padding rows point at.
 * **diagonal region** (rank 0 and 1): elements in order, each tensor padded
   to whole chunks of `[DIAGONAL_CHUNK_ROWS, LANES]`.
 
 Every chunk belongs to exactly one tensor, so per-tensor quantities (VeLO's
 mixed MLP weights, step multipliers) reach the elements as a broadcast of a
 `[chunks]` vector, and per-tensor statistics are per-chunk reductions
-followed by a small segment sum. Per-row indices into the two tables are
-computed in the graph from a few `[chunks]` vectors, so no array of the
-model's size is ever a constant of the program.
+followed by a small segment sum. Nothing of the model's size is a constant
+of the program, and no per-element gather or scatter is needed (XLA treats
+those as expensive and would materialise everything that depends on them).
 
 Padding elements hold zeros; where a statistic would see them (`g² + 1e-30`,
-`rsqrt(rms + 1e-6)`, centred variances) they are masked with `valid`.
+`rsqrt(rms + 1e-6)`, centred variances) they are masked with
+`ChunkIndex.valid()`.
 
 Example:
 
 >>> layout = packed_layout([(784, 64), (64,), (64, 10), (10,)])
 >>> layout.factored.num_chunks, layout.diagonal.num_chunks
-(50, 2)
->>> factored, diagonal = pack(layout, tensors)           # [50, 64, 16], [2, 4, 16]
+(200, 2)
+>>> factored, diagonal = pack(layout, tensors)           # [200, 16, 16], [2, 4, 16]
 >>> tensors = unpack(layout, factored, diagonal, dtypes)  # shapes as given
 """
 
@@ -52,10 +53,8 @@ from keras import ops
 from keras_velo.accumulators import factored_dims
 
 LANES = 16
-FACTORED_CHUNK_ROWS = 64
+FACTORED_CHUNK_ROWS = 16
 DIAGONAL_CHUNK_ROWS = 4
-# Row indices are computed with float32 arithmetic (see `_floor_divide`).
-_MAX_ROWS_PER_TENSOR = 2**24
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,23 +64,21 @@ class TensorPlacement:
     Fields:
         index: position in the model's list of tensors.
         shape: the tensor's shape.
-        permutation: axes order that gives the canonical shape (factored
-            tensors; None when it is the identity or the tensor is diagonal).
-        canonical_shape: `(*rest, X, D0)` (factored) or `(size,)` (diagonal).
-        rows: rows of `LANES` values the tensor fills (before chunk padding).
+        canonical_shape: `(*rest, X, D0)` (factored: the other axes in
+            order, then d1 and d0) or `(size,)` (diagonal).
+        axes: the original axes in canonical order (factored).
         first_chunk, num_chunks: its chunks in the region.
-        pieces: rows per run, `ceil(D0 / LANES)` (factored; 1 for diagonal).
+        pieces: `k = ceil(D0 / LANES)` (factored).
         first_run, first_lane_group, first_run_group: offsets of its entries
             in the region's run, lane-group and run-group (`r1`) tables.
     """
 
     index: int
     shape: tuple
-    permutation: tuple
     canonical_shape: tuple
-    rows: int
     first_chunk: int
     num_chunks: int
+    axes: tuple = ()
     pieces: int = 1
     first_run: int = 0
     first_lane_group: int = 0
@@ -102,6 +99,11 @@ class TensorPlacement:
         return self.canonical_shape[-2]
 
     @property
+    def padded_width(self):
+        """X rounded up to whole chunks (factored)."""
+        return -(-self.run_width // FACTORED_CHUNK_ROWS) * FACTORED_CHUNK_ROWS
+
+    @property
     def num_run_groups(self):
         """R1, the product of the axes other than d0 and d1 (factored)."""
         return math.prod(self.canonical_shape[:-2])
@@ -119,24 +121,27 @@ class TensorPlacement:
 class Region:
     """One packed buffer, `[num_chunks, chunk_rows, LANES]`, and its tensors.
 
-    The `[num_chunks]` int32 vectors say, for each chunk, which tensor it
-    holds and where it sits in it. The factored region's tables are
-    described by numpy vectors with one entry per table row (the dummy
-    last): per run its tensor, its run group `r1` and its length D0; per
-    run group its width X; per lane group its tensor, X and valid lanes.
+    `[num_chunks]` int32 vectors say, for each chunk, which tensor it holds
+    (`chunk_tensor`) and which of its values are real: diagonal chunks hold
+    `chunk_valid_elements` values in row-major order; factored chunks
+    `chunk_valid_rows` x `chunk_valid_lanes`, their rows being runs
+    `chunk_first_run + r` of lane group `chunk_lane_group`.
+
+    The factored tables are described by numpy vectors with one entry per
+    table row (the dummy last): per run its tensor, its run group `r1` and
+    its length D0; per run group its width X; per lane group its tensor, X
+    and valid lanes.
     """
 
     placements: tuple
     chunk_rows: int
     factored: bool
     chunk_tensor: np.ndarray
-    chunk_first_row: np.ndarray
-    chunk_tensor_rows: np.ndarray
-    chunk_pieces: np.ndarray
-    chunk_run_width: np.ndarray
-    chunk_run_length: np.ndarray
-    chunk_first_run: np.ndarray
-    chunk_first_lane_group: np.ndarray
+    chunk_valid_elements: np.ndarray = None
+    chunk_valid_rows: np.ndarray = None
+    chunk_valid_lanes: np.ndarray = None
+    chunk_first_run: np.ndarray = None
+    chunk_lane_group: np.ndarray = None
     num_runs: int = 0
     num_lane_groups: int = 0
     num_run_groups: int = 0
@@ -186,114 +191,107 @@ class PackedLayout:
 def _factored_placement(index, shape, first_chunk, offsets):
     d0, d1 = factored_dims(shape)
     rest = [axis for axis in range(len(shape)) if axis not in (d0, d1)]
-    permutation = tuple(rest + [d1, d0])
-    canonical = tuple(shape[axis] for axis in permutation)
+    axes = tuple(rest + [d1, d0])
+    canonical = tuple(shape[axis] for axis in axes)
     pieces = -(-shape[d0] // LANES)
-    rows = math.prod(canonical[:-1]) * pieces
-    if rows >= _MAX_ROWS_PER_TENSOR:
-        raise ValueError(
-            f"A tensor of shape {shape} is too large for VeLO's packed layout "
-            f"({rows} rows of {LANES}, limit {_MAX_ROWS_PER_TENSOR})."
-        )
     first_run, first_lane_group, first_run_group = offsets
-    return TensorPlacement(
+    placement = TensorPlacement(
         index=index,
         shape=tuple(shape),
-        permutation=None if permutation == tuple(range(len(shape))) else permutation,
         canonical_shape=canonical,
-        rows=rows,
         first_chunk=first_chunk,
-        num_chunks=-(-rows // FACTORED_CHUNK_ROWS),
+        num_chunks=0,
+        axes=axes,
         pieces=pieces,
         first_run=first_run,
         first_lane_group=first_lane_group,
         first_run_group=first_run_group,
     )
+    chunks_per_group = placement.padded_width // FACTORED_CHUNK_ROWS
+    return dataclasses.replace(placement, num_chunks=placement.num_lane_groups * chunks_per_group)
 
 
 def _diagonal_placement(index, shape, first_chunk):
     size = math.prod(shape)
-    rows = -(-size // LANES)
-    if rows >= _MAX_ROWS_PER_TENSOR:
-        raise ValueError(f"A tensor of shape {shape} is too large for VeLO's packed layout.")
+    chunk = DIAGONAL_CHUNK_ROWS * LANES
     return TensorPlacement(
         index=index,
         shape=tuple(shape),
-        permutation=None,
         canonical_shape=(size,),
-        rows=rows,
         first_chunk=first_chunk,
-        num_chunks=max(1, -(-rows // DIAGONAL_CHUNK_ROWS)),
+        num_chunks=max(1, -(-size // chunk)),
     )
 
 
-def _region(placements, chunk_rows, factored):
-    per_chunk = {name: [] for name in (
-        "tensor", "first_row", "rows", "pieces", "width", "length", "run", "lane_group"
-    )}
+def _factored_region(placements):
+    rows = FACTORED_CHUNK_ROWS
+    per_chunk = {k: [] for k in ("tensor", "rows", "lanes", "run", "group")}
     for t in placements:
-        for c in range(t.num_chunks):
-            per_chunk["tensor"].append(t.index)
-            per_chunk["first_row"].append(c * chunk_rows)
-            per_chunk["rows"].append(t.rows)
-            per_chunk["pieces"].append(t.pieces)
-            per_chunk["width"].append(t.run_width if factored else 1)
-            per_chunk["length"].append(t.run_length if factored else t.size)
-            per_chunk["run"].append(t.first_run)
-            per_chunk["lane_group"].append(t.first_lane_group)
-    vectors = {k: np.asarray(v, np.int32) for k, v in per_chunk.items()}
-    tables = {}
-    if factored:
-        def per_entry(count, value, dummy=1):
-            return np.concatenate(
-                [np.full(count(t), value(t), np.int32) for t in placements] + [[dummy]]
-            ).astype(np.int32)
+        chunks_per_group = t.padded_width // rows
+        last_lanes = t.run_length - (t.pieces - 1) * LANES
+        for group in range(t.num_lane_groups):
+            run_group, piece = divmod(group, t.pieces)
+            for j in range(chunks_per_group):
+                per_chunk["tensor"].append(t.index)
+                per_chunk["rows"].append(min(rows, t.run_width - j * rows))
+                per_chunk["lanes"].append(last_lanes if piece == t.pieces - 1 else LANES)
+                per_chunk["run"].append(t.first_run + run_group * t.run_width + j * rows)
+                per_chunk["group"].append(t.first_lane_group + group)
+    vector = lambda name: np.asarray(per_chunk[name], np.int32)  # noqa: E731
 
-        tables = dict(
-            run_length=per_entry(lambda t: t.num_runs, lambda t: t.run_length),
-            run_group_width=per_entry(lambda t: t.num_run_groups, lambda t: t.run_width),
-            lane_group_width=per_entry(lambda t: t.num_lane_groups, lambda t: t.run_width),
-            num_runs=sum(t.num_runs for t in placements),
-            num_lane_groups=sum(t.num_lane_groups for t in placements),
-            num_run_groups=sum(t.num_run_groups for t in placements),
-            run_tensor=per_entry(lambda t: t.num_runs, lambda t: t.index, dummy=0),
-            # Runs are (r1, x) in row-major order: x varies fastest.
-            run_group=np.concatenate(
-                [
-                    t.first_run_group + np.arange(t.num_runs, dtype=np.int32) // t.run_width
-                    for t in placements
-                ]
-                + [[sum(t.num_run_groups for t in placements)]]
-            ).astype(np.int32),
-            lane_group_tensor=per_entry(lambda t: t.num_lane_groups, lambda t: t.index, dummy=0),
-            lane_group_valid_lanes=np.concatenate(
-                [
-                    np.tile(_piece_valid_lanes(t.run_length, t.pieces), t.num_run_groups)
-                    for t in placements
-                ]
-                + [[0]]
-            ).astype(np.int32),
+    def per_entry(count, value, dummy):
+        return np.concatenate(
+            [np.full(count(t), value(t), np.int32) for t in placements] + [[dummy]]
+        ).astype(np.int32)
+
+    num_run_groups = sum(t.num_run_groups for t in placements)
+    last_piece_lanes = [
+        np.tile(
+            np.asarray([LANES] * (t.pieces - 1) + [t.run_length - (t.pieces - 1) * LANES]),
+            t.num_run_groups,
         )
+        for t in placements
+    ]
     return Region(
         placements=tuple(placements),
-        chunk_rows=chunk_rows,
-        factored=factored,
-        chunk_tensor=vectors["tensor"],
-        chunk_first_row=vectors["first_row"],
-        chunk_tensor_rows=vectors["rows"],
-        chunk_pieces=vectors["pieces"],
-        chunk_run_width=vectors["width"],
-        chunk_run_length=vectors["length"],
-        chunk_first_run=vectors["run"],
-        chunk_first_lane_group=vectors["lane_group"],
-        **tables,
+        chunk_rows=rows,
+        factored=True,
+        chunk_tensor=vector("tensor"),
+        chunk_valid_rows=vector("rows"),
+        chunk_valid_lanes=vector("lanes"),
+        chunk_first_run=vector("run"),
+        chunk_lane_group=vector("group"),
+        num_runs=sum(t.num_runs for t in placements),
+        num_lane_groups=sum(t.num_lane_groups for t in placements),
+        num_run_groups=num_run_groups,
+        run_tensor=per_entry(lambda t: t.num_runs, lambda t: t.index, 0),
+        # Runs are (r1, x) in row-major order: x varies fastest.
+        run_group=np.concatenate(
+            [t.first_run_group + np.arange(t.num_runs) // t.run_width for t in placements]
+            + [[num_run_groups]]
+        ).astype(np.int32),
+        run_length=per_entry(lambda t: t.num_runs, lambda t: t.run_length, 1),
+        run_group_width=per_entry(lambda t: t.num_run_groups, lambda t: t.run_width, 1),
+        lane_group_tensor=per_entry(lambda t: t.num_lane_groups, lambda t: t.index, 0),
+        lane_group_width=per_entry(lambda t: t.num_lane_groups, lambda t: t.run_width, 1),
+        lane_group_valid_lanes=np.concatenate(last_piece_lanes + [[0]]).astype(np.int32),
     )
 
 
-def _piece_valid_lanes(run_length, pieces):
-    valid = np.full(pieces, LANES, np.int32)
-    valid[-1] = run_length - (pieces - 1) * LANES
-    return valid
+def _diagonal_region(placements):
+    chunk = DIAGONAL_CHUNK_ROWS * LANES
+    tensors, valid = [], []
+    for t in placements:
+        for c in range(t.num_chunks):
+            tensors.append(t.index)
+            valid.append(min(chunk, t.size - c * chunk))
+    return Region(
+        placements=tuple(placements),
+        chunk_rows=DIAGONAL_CHUNK_ROWS,
+        factored=False,
+        chunk_tensor=np.asarray(tensors, np.int32),
+        chunk_valid_elements=np.asarray(valid, np.int32),
+    )
 
 
 @functools.lru_cache(maxsize=64)
@@ -317,8 +315,8 @@ def _cached_layout(shapes):
             chunks["diagonal"] += t.num_chunks
     return PackedLayout(
         shapes=shapes,
-        factored=_region(factored, FACTORED_CHUNK_ROWS, True),
-        diagonal=_region(diagonal, DIAGONAL_CHUNK_ROWS, False),
+        factored=_factored_region(factored),
+        diagonal=_diagonal_region(diagonal),
     )
 
 
@@ -333,28 +331,54 @@ def packed_layout(shapes):
 # --------------------------------------------------------------- pack / unpack
 
 
-def _as_rows(tensor, placement, region):
-    """One tensor as `[num_chunks * chunk_rows, LANES]` float32 rows, padding included."""
-    x = ops.cast(tensor, "float32") if _dtype_name(tensor) != "float32" else tensor
-    if region.factored:
-        if placement.permutation is not None:
-            x = ops.transpose(x, placement.permutation)
-        width = placement.pieces * LANES
-        if width != placement.run_length:
-            x = ops.reshape(x, (-1, placement.run_length))
-            x = ops.pad(x, [(0, 0), (0, width - placement.run_length)])
-        x = ops.reshape(x, (placement.rows, LANES))
-        padding = placement.num_chunks * region.chunk_rows - placement.rows
-        pieces = [x]
-        if padding:
-            pieces.append(np.zeros((padding, LANES), np.float32))
-        return pieces
-    x = ops.reshape(x, (placement.size,))
-    padding = placement.num_chunks * region.chunk_rows * LANES - placement.size
-    pieces = [x]
-    if padding:
-        pieces.append(np.zeros((padding,), np.float32))
-    return pieces
+def _split_d0(placement):
+    """`(split shape, transpose)`: the tensor with d0 cut into `(pieces, LANES)`,
+    and the axes order `(*rest, piece, d1, lane)` of that split shape."""
+    shape = list(placement.shape)
+    d1, d0 = placement.axes[-2], placement.axes[-1]
+    split = shape[:d0] + [placement.pieces, LANES] + shape[d0 + 1 :]
+    moved = lambda axis: axis + 1 if axis > d0 else axis  # noqa: E731
+    order = [moved(a) for a in placement.axes[:-2]] + [d0, moved(d1), d0 + 1]
+    return tuple(split), tuple(order)
+
+
+def _factored_rows(tensor, placement):
+    """One factored tensor as `[num_chunks * FACTORED_CHUNK_ROWS, LANES]` rows."""
+    d0 = placement.axes[-1]
+    padded = placement.pieces * LANES
+    x = tensor
+    if padded != placement.run_length:
+        widths = [(0, 0)] * len(placement.shape)
+        widths[d0] = (0, padded - placement.run_length)
+        x = ops.pad(x, widths)
+    split, order = _split_d0(placement)
+    x = ops.reshape(x, split)
+    if order != tuple(range(len(order))):
+        x = ops.transpose(x, order)
+    blocks = (placement.num_lane_groups, placement.run_width, LANES)
+    if placement.padded_width != placement.run_width:
+        x = ops.reshape(x, blocks)
+        x = ops.pad(x, [(0, 0), (0, placement.padded_width - placement.run_width), (0, 0)])
+    return ops.reshape(x, (-1, LANES))
+
+
+def _factored_tensor(rows, placement):
+    """Inverse of `_factored_rows`."""
+    x = rows
+    if placement.padded_width != placement.run_width:
+        x = ops.reshape(x, (placement.num_lane_groups, placement.padded_width, LANES))
+        x = x[:, : placement.run_width, :]
+    split, order = _split_d0(placement)
+    x = ops.reshape(x, tuple(split[a] for a in order))
+    if order != tuple(range(len(order))):
+        x = ops.transpose(x, tuple(np.argsort(order)))
+    if placement.pieces * LANES != placement.run_length:
+        d0 = placement.axes[-1]
+        x = ops.reshape(x, split[:d0] + (placement.pieces * LANES,) + split[d0 + 2 :])
+        index = [slice(None)] * len(placement.shape)
+        index[d0] = slice(0, placement.run_length)
+        x = x[tuple(index)]
+    return ops.reshape(x, placement.shape)
 
 
 def _dtype_name(tensor):
@@ -369,13 +393,20 @@ def pack_region(region, tensors):
     """
     pieces = []
     for t in region.placements:
+        rows = t.num_chunks * region.chunk_rows
         tensor = tensors[t.index]
         if tensor is None:
-            rows = t.num_chunks * region.chunk_rows
-            shape = (rows, LANES) if region.factored else (rows * LANES,)
-            pieces.append(np.zeros(shape, np.float32))
-        else:
-            pieces.extend(_as_rows(tensor, t, region))
+            pieces.append(np.zeros((rows, LANES) if region.factored else (rows * LANES,),
+                                   np.float32))
+            continue
+        if _dtype_name(tensor) != "float32":
+            tensor = ops.cast(tensor, "float32")
+        if region.factored:
+            pieces.append(_factored_rows(tensor, t))
+            continue
+        pieces.append(ops.reshape(tensor, (t.size,)))
+        if rows * LANES > t.size:
+            pieces.append(np.zeros((rows * LANES - t.size,), np.float32))
     flat = pieces[0] if len(pieces) == 1 else ops.concatenate(pieces, axis=0)
     return ops.reshape(flat, region.shape)
 
@@ -408,108 +439,72 @@ def unpack(layout, factored, diagonal, dtypes=None):
             continue
         if region.factored:
             flat = ops.reshape(buffer, (region.num_chunks * region.chunk_rows, LANES))
-            unit = region.chunk_rows
+            sizes = [t.num_chunks * region.chunk_rows for t in region.placements]
         else:
             flat = ops.reshape(buffer, (-1,))
-            unit = region.chunk_rows * LANES
-        # Split points around every tensor's values, skipping empty padding.
-        splits, is_tensor, position = [], [], 0
-        for t in region.placements:
-            start, end = t.first_chunk * unit, t.first_chunk * unit + (
-                t.rows if region.factored else t.size
-            )
-            if start > position:
-                splits.append(start)
-                is_tensor.append(False)
-            is_tensor.append(True)
-            splits.append(end)
-            position = end
-        total = region.num_chunks * unit
-        if splits[-1] == total:
-            splits.pop()
-        else:
-            is_tensor.append(False)
-        parts = ops.split(flat, splits, axis=0) if splits else [flat]
-        values = [part for part, keep in zip(parts, is_tensor) if keep]
-        for t, part in zip(region.placements, values):
-            out[t.index] = _from_rows(part, t, region, dtypes[t.index])
+            sizes = [t.num_chunks * region.chunk_rows * LANES for t in region.placements]
+        boundaries = list(np.cumsum(sizes)[:-1])
+        parts = ops.split(flat, boundaries, axis=0) if boundaries else [flat]
+        for t, part in zip(region.placements, parts):
+            if region.factored:
+                x = _factored_tensor(part, t)
+            else:
+                x = ops.reshape(part[: t.size] if t.size < part.shape[0] else part, t.shape)
+            out[t.index] = x if dtypes[t.index] == "float32" else ops.cast(x, dtypes[t.index])
     return out
 
 
-def _from_rows(part, placement, region, dtype):
-    x = part
-    if region.factored:
-        width = placement.pieces * LANES
-        if width != placement.run_length:
-            x = ops.reshape(x, (-1, width))[:, : placement.run_length]
-        canonical = placement.canonical_shape
-        if placement.permutation is None:
-            x = ops.reshape(x, placement.shape)
-        else:
-            x = ops.reshape(x, canonical)
-            x = ops.transpose(x, tuple(np.argsort(placement.permutation)))
-    else:
-        x = ops.reshape(x, placement.shape)
-    if dtype != "float32":
-        x = ops.cast(x, dtype)
-    return x
+# ----------------------------------------------------------- chunk facts
 
 
-# ------------------------------------------------------- in-graph row indices
+class ChunkIndex:
+    """Which values of a region are real, and where its rows sit in the tables.
 
-
-def _floor_divide(numerator, denominator):
-    """Exact `numerator // denominator` for int32 arrays, `0 <= numerator < 2**24`.
-
-    Integer division does not vectorise on CPUs; a float32 estimate with
-    one integer correction is exact in this range and an order faster.
-    """
-    estimate = ops.floor(ops.cast(numerator, "float32") / ops.cast(denominator, "float32"))
-    quotient = ops.cast(estimate, "int32")
-    remainder = numerator - quotient * denominator
-    quotient = quotient - ops.cast(remainder < 0, "int32")
-    quotient = quotient + ops.cast(remainder >= denominator, "int32")
-    return quotient
-
-
-class RowIndex:
-    """Per-row facts of a region, `[chunks, chunk_rows]` int32 tensors.
-
-    Fields: `valid_lanes` (lanes holding real values, 0 on padding rows),
-    and for the factored region `run` and `lane_group` (rows of the two
-    moment tables; padding rows point at the dummy last slot).
+    Fields (tensors): `run`, `[chunks, rows]` int32, each row's run (its
+    row-moment entry; padding rows point at the dummy slot), and
+    `lane_group`, `[chunks]` int32, each chunk's lane group (factored only).
     """
 
     def __init__(self, region):
-        rows = np.arange(region.chunk_rows, dtype=np.int32)[None, :]
-        row = ops.convert_to_tensor(region.chunk_first_row[:, None] + rows)
-        in_tensor = row < ops.convert_to_tensor(region.chunk_tensor_rows[:, None])
-        if not region.factored:
-            remaining = ops.convert_to_tensor(region.chunk_run_length[:, None]) - row * LANES
-            self.valid_lanes = ops.clip(remaining, 0, LANES)
-            self.run = self.lane_group = None
-            return
-        pieces = ops.convert_to_tensor(region.chunk_pieces[:, None])
-        run = _floor_divide(row, pieces)
-        piece = row - run * pieces
-        run_group = _floor_divide(run, ops.convert_to_tensor(region.chunk_run_width[:, None]))
-        last_piece_lanes = ops.convert_to_tensor(
-            region.chunk_run_length[:, None] - (region.chunk_pieces[:, None] - 1) * LANES
-        )
-        valid = ops.where(piece == pieces - 1, last_piece_lanes, LANES)
-        self.valid_lanes = ops.where(in_tensor, valid, 0)
-        self.run = ops.where(
-            in_tensor, ops.convert_to_tensor(region.chunk_first_run[:, None]) + run,
-            region.num_runs,
-        )
-        self.lane_group = ops.where(
-            in_tensor,
-            ops.convert_to_tensor(region.chunk_first_lane_group[:, None])
-            + run_group * pieces + piece,
-            region.num_lane_groups,
-        )
+        self._region = region
+        self.run = self.lane_group = None
+        if region.factored:
+            rows = ops.convert_to_tensor(np.arange(region.chunk_rows, dtype=np.int32))[None, :]
+            self.run = ops.where(
+                rows < ops.convert_to_tensor(region.chunk_valid_rows)[:, None],
+                ops.convert_to_tensor(region.chunk_first_run)[:, None] + rows,
+                region.num_runs,
+            )
+            self.lane_group = ops.convert_to_tensor(region.chunk_lane_group)
 
     def valid(self):
-        """`[chunks, chunk_rows, LANES]` float32: 1 on real values, 0 on padding."""
-        lanes = ops.convert_to_tensor(np.arange(LANES, dtype=np.int32))
-        return ops.cast(lanes[None, None, :] < self.valid_lanes[:, :, None], "float32")
+        """`[chunks, rows, LANES]` float32: 1 on real values, 0 on padding."""
+        region = self._region
+        rows = ops.convert_to_tensor(np.arange(region.chunk_rows, dtype=np.int32))[None, :, None]
+        lanes = ops.convert_to_tensor(np.arange(LANES, dtype=np.int32))[None, None, :]
+        if region.factored:
+            valid = (rows < ops.convert_to_tensor(region.chunk_valid_rows)[:, None, None]) & (
+                lanes < ops.convert_to_tensor(region.chunk_valid_lanes)[:, None, None]
+            )
+        else:
+            limit = ops.convert_to_tensor(region.chunk_valid_elements)[:, None, None]
+            valid = rows * LANES + lanes < limit
+        return ops.cast(valid, "float32")
+
+
+def materialize(x, always_true):
+    """`x`, computed once into a buffer of its own (XLA backends).
+
+    XLA on CPU fuses an element-wise computation into *every* consumer that
+    can take it: VeLO's step feeds its sums of squares and the slices that
+    unpack each tensor, so the whole per-parameter MLP would be compiled
+    once per tensor and run several times. A consumer XLA cannot fuse into,
+    a conditional, stops that. `always_true` is a traced boolean that holds
+    (e.g. `iteration >= 0`); XLA cannot see that it does, so it keeps the
+    conditional. (`jax.lax.optimization_barrier` is removed before fusion
+    on CPU.)
+    """
+    if keras.backend.backend() not in ("jax", "tensorflow"):
+        return x
+    # Two identical branches would be folded away by JAX.
+    return ops.cond(always_true, lambda: x, lambda: ops.zeros_like(x))

@@ -68,6 +68,21 @@ EXP_MULT = 0.001
 STEP_MULT = 0.001
 NUM_OUTPUTS_USED = 2  # direction and magnitude
 
+# Passes over the elements for the 6 centred sums followed by the channel
+# squares (see `segments.reduce_sums`): each group of squares using
+# `1 / (rms + 1e-6)` or a diagonal moment's reciprocal stays in one pass.
+FACTORED_SQUARE_GROUPS = (
+    (0, 1, 2, 3, 4, 5, 6 + 2, 6 + 6),            # centred, p², rms²
+    (6 + 0, 6 + 1, 6 + 3, 6 + 4, 6 + 5, 6 + 11, 6 + 12, 6 + 13),  # g², clip², m², fac_g²
+    (6 + 7, 6 + 8, 6 + 9, 6 + 10, 6 + 14, 6 + 15, 6 + 16, 6 + 17),  # 1/(rms+eps) terms, fac_m²
+)
+DIAGONAL_SQUARE_GROUPS = (
+    (0, 1, 2, 3, 4, 5, 6 + 2, 6 + 6),
+    (6 + 0, 6 + 1, 6 + 3, 6 + 4, 6 + 5, 6 + 15, 6 + 16, 6 + 17),  # g², clip², m², v²
+    (6 + 7, 6 + 8, 6 + 9, 6 + 10, 6 + 14),  # 1/(rms+eps) terms
+    (6 + 11, 6 + 12, 6 + 13, 6 + 18, 6 + 19, 6 + 20, 6 + 21, 6 + 22, 6 + 23),  # 1/v terms
+)
+
 # Which of the 30 channels each computed array is, per kind of tensor.
 FACTORED_ELEMENT_CHANNELS = tuple((c,) for c in range(15)) + ((27,), (28,), (29,))
 ROW_TABLE_CHANNELS = ((15,), (16,), (17,), (21,), (22,), (23,))
@@ -75,9 +90,6 @@ LANE_TABLE_CHANNELS = ((18,), (19,), (20,), (24,), (25,), (26,))
 DIAGONAL_ELEMENT_CHANNELS = tuple((c,) for c in range(15)) + (
     (15, 18), (16, 19), (17, 20), (21, 24), (22, 25), (23, 26), (27,), (28,), (29,)
 )
-# Element channels that are not zero on padding elements (p = g = m = rms = 0
-# there); their sums need the validity mask.
-_NONZERO_ON_PADDING = {10, 15, 16, 17, 21, 22, 23}
 
 
 def _rsqrt_rms(rms):
@@ -135,15 +147,50 @@ def diagonal_element_channels(param, gradient, momentum, rms, diag_moment):
     return channels
 
 
-def masked_squares(channels, channel_map, valid):
-    """`x²` of every channel, times `valid` where padding would not give 0."""
-    squares = []
-    for channel, indices in zip(channels, channel_map):
-        square = ops.square(channel)
-        if _NONZERO_ON_PADDING.intersection(indices):
-            square = square * valid
-        squares.append(square)
-    return squares
+def factored_channel_squares(param, gradient, momentum, rms, row_squares, col_squares, valid):
+    """`x²` of the 18 `FACTORED_ELEMENT_CHANNELS`, for the normalisers.
+
+    Computed from the inputs (`(m s)² = m² / (rms + 1e-6)`, `fac_g² = g² row²
+    col²`, ...) rather than from the channels: the MLP pass builds the
+    channels again, and the two passes then share nothing XLA would store.
+    `row_squares`, `col_squares`: the squared Adafactor factors, broadcasting
+    against the elements; `valid` masks padding (where `1/(rms + 1e-6)` is
+    not 0).
+    """
+    inverse_rms = 1.0 / (rms + RSQRT_RMS_EPSILON)
+    g2 = ops.square(gradient)
+    m2 = [ops.square(momentum[k]) for k in range(3)]
+    factors = [row_squares[k] * col_squares[k] for k in range(3)]
+    return (
+        [g2, ops.square(ops.clip(gradient, -INPUT_CLIP, INPUT_CLIP)), ops.square(param)]
+        + m2
+        + [ops.square(rms)]
+        + [m2[k] * inverse_rms for k in range(3)]
+        + [inverse_rms * valid]
+        + [g2 * factors[k] for k in range(3)]
+        + [g2 * inverse_rms]
+        + [m2[k] * factors[k] for k in range(3)]
+    )
+
+
+def diagonal_channel_squares(param, gradient, momentum, rms, diag_moment, valid):
+    """`x²` of the 24 `DIAGONAL_ELEMENT_CHANNELS` (see `factored_channel_squares`)."""
+    inverse_rms = 1.0 / (rms + RSQRT_RMS_EPSILON)
+    g2 = ops.square(gradient)
+    m2 = [ops.square(momentum[k]) for k in range(3)]
+    v = [diag_moment[k] for k in range(3)]
+    return (
+        [g2, ops.square(ops.clip(gradient, -INPUT_CLIP, INPUT_CLIP)), ops.square(param)]
+        + m2
+        + [ops.square(rms)]
+        + [m2[k] * inverse_rms for k in range(3)]
+        + [inverse_rms * valid]
+        + [g2 / ops.maximum(v[k] + 1e-9, 1e-9) for k in range(3)]
+        + [g2 * inverse_rms]
+        + [ops.square(v[k]) * valid for k in range(3)]
+        + [valid / (v[k] + RSQRT_MOMENT_EPSILON) for k in range(3)]
+        + [m2[k] / v[k] for k in range(3)]
+    )
 
 
 def normalizers(mean_squares):

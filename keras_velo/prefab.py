@@ -22,6 +22,7 @@ from keras import ops
 
 from keras_velo import segments
 from keras_velo.packing import pack, packed_layout, unpack
+from keras_velo.structured_cond import structured_cond
 from keras_velo.update import StepDiagnostics, packed_update, to_tensors
 
 DEFAULT_MAX_TRAINING_STEPS = 150_000
@@ -118,17 +119,17 @@ def prefab_update(
     `accumulation` is None unless `num_accumulated > 1`. On calls that only
     accumulate, params and state are returned unchanged.
 
-    With `skip_non_finite` (not in the reference), a call whose loss or any
-    gradient is NaN or infinite changes nothing: params, state and
-    accumulation come back as they were and `diagnostics.skipped` is True.
+    With `skip_non_finite` (not in the reference), a call whose loss, any
+    gradient or any step is NaN or infinite changes nothing: params, state
+    and accumulation come back as they were and `diagnostics.skipped` is
+    True.
 
     `active` (one static bool per tensor, or None for all) names the tensors
     taking part; the others' entries in `params` and `grads` may be None,
     come back as None, and keep their state.
     """
     params, grads = list(params), list(grads)
-    layout = packed_layout([tuple(p.shape) for p in params if p is not None] if active is None
-                           else _all_shapes(params, grads))
+    layout = packed_layout(_all_shapes(params, grads))
     state, params, grads, accumulation = to_tensors((state, params, grads, accumulation))
     dtypes = [None if p is None else keras.backend.standardize_dtype(p.dtype) for p in params]
     packed_params, packed_grads = pack(layout, params), pack(layout, grads)
@@ -139,18 +140,17 @@ def prefab_update(
         packed_grads, loss = add_weight_decay(
             layout, packed_params, packed_grads, loss, weight_decays
         )
-    new_packed, new_state, new_accumulation, diagnostics = _prefab_update(
-        theta, state, layout, packed_params, packed_grads, loss, num_accumulated,
-        accumulation, step_scale, fraction_trained, active,
-    )
-    if skip_non_finite:
-        finite = _all_finite([loss] + [g for g in packed_grads if g is not None])
-        keep = lambda new, old: None if new is None else ops.where(finite, new, old)  # noqa: E731
-        new_packed = tuple(keep(n, o) for n, o in zip(new_packed, packed_params))
-        new_state = keras.tree.map_structure(keep, new_state, state)
-        if accumulation is not None:
-            new_accumulation = keras.tree.map_structure(keep, new_accumulation, accumulation)
-        diagnostics = diagnostics._replace(skipped=ops.logical_not(finite))
+    if num_accumulated == 1:
+        new_packed, new_state, diagnostics = packed_update(
+            theta, state, layout, packed_params, packed_grads, loss, step_scale,
+            fraction_trained, active, skip_non_finite,
+        )
+        new_accumulation = None
+    else:
+        new_packed, new_state, new_accumulation, diagnostics = _accumulate(
+            theta, state, layout, packed_params, packed_grads, loss, num_accumulated,
+            accumulation, step_scale, fraction_trained, active, skip_non_finite,
+        )
     new_params = unpack(layout, *new_packed, dtypes=[d or "float32" for d in dtypes])
     if active is not None:
         new_params = [p if a else None for p, a in zip(new_params, active)]
@@ -173,16 +173,15 @@ def _all_finite(tensors):
     return flags[0] if len(flags) == 1 else ops.all(ops.stack(flags))
 
 
-def _prefab_update(
+def _accumulate(
     theta, state, layout, params, grads, loss, num_accumulated, accumulation, step_scale,
-    fraction_trained, active,
+    fraction_trained, active, skip_non_finite,
 ):
-    if num_accumulated == 1:
-        new_params, new_state, diagnostics = packed_update(
-            theta, state, layout, params, grads, loss, step_scale, fraction_trained, active
-        )
-        return new_params, new_state, None, diagnostics
+    """Adds the call to the running sums; every `num_accumulated`-th call runs VeLO on their means.
 
+    A skipped call (non-finite loss, gradient or step) leaves the sums and
+    the count as they were.
+    """
     count = accumulation.count + 1
     grad_sums = tuple(
         None if s is None else s + g for s, g in zip(accumulation.grad_sums, grads)
@@ -194,10 +193,14 @@ def _prefab_update(
         mean_grads = tuple(None if s is None else s / num_accumulated for s in grad_sums)
         new_params, new_state, diagnostics = packed_update(
             theta, state, layout, params, mean_grads, loss_sum / num_accumulated, step_scale,
-            fraction_trained, active,
+            fraction_trained, active, skip_non_finite,
         )
-        zeros = tuple(None if s is None else ops.zeros_like(s) for s in grad_sums)
-        return new_params, new_state, zeros, ops.zeros_like(loss_sum), diagnostics
+        reset = GradientAccumulation(
+            tuple(None if s is None else ops.zeros_like(s) for s in grad_sums),
+            ops.zeros_like(loss_sum),
+            count,
+        )
+        return new_params, new_state, reset, diagnostics
 
     def only_accumulate():
         if fraction_trained is None:
@@ -206,38 +209,25 @@ def _prefab_update(
             )
         else:
             fraction = ops.cast(fraction_trained, "float32")
+        finite = _all_finite([loss] + [g for g in grads if g is not None])
         diagnostics = StepDiagnostics(
             fraction,
             ops.zeros([9], "float32"),
             ops.zeros([layout.num_tensors], "float32"),
-            ops.convert_to_tensor(False),
+            ops.logical_not(finite) if skip_non_finite else ops.convert_to_tensor(False),
+            ops.zeros([layout.num_tensors], "float32"),
+            finite,
         )
-        return params, state, grad_sums, loss_sum, diagnostics
+        summed = GradientAccumulation(grad_sums, loss_sum, count)
+        return params, state, summed, diagnostics
 
-    new_params, new_state, sums, loss_sum, diagnostics = _cond(
+    new_params, new_state, new_accumulation, diagnostics = structured_cond(
         is_update, run_velo, only_accumulate
     )
-    new_accumulation = GradientAccumulation(tuple(sums), loss_sum, count)
+    if skip_non_finite:
+        new_accumulation = keras.tree.map_structure(
+            lambda new, old: None if new is None else ops.where(diagnostics.skipped, old, new),
+            new_accumulation,
+            accumulation,
+        )
     return new_params, new_state, new_accumulation, diagnostics
-
-
-def _cond(predicate, true_fn, false_fn):
-    """`ops.cond` over nested outputs that may hold None leaves (TF needs tensors)."""
-    template = []
-
-    def flat(fn):
-        def wrapped():
-            out = keras.tree.map_structure(
-                lambda x: None if x is None else ops.convert_to_tensor(x), fn()
-            )
-            if not template:
-                template.append(out)
-            return [x for x in keras.tree.flatten(out) if x is not None]
-
-        return wrapped
-
-    leaves = ops.cond(predicate, flat(true_fn), flat(false_fn))
-    leaves = iter(leaves)
-    return keras.tree.map_structure(
-        lambda x: None if x is None else next(leaves), template[0]
-    )

@@ -29,18 +29,21 @@ from keras_velo.accumulators import (
     update_momenta,
     update_second_moment,
 )
-from keras_velo.packing import LANES, RowIndex
+from keras_velo.packing import LANES, ChunkIndex, materialize
 from keras_velo.parameter_mlp import (
     DIAGONAL_ELEMENT_CHANNELS,
+    DIAGONAL_SQUARE_GROUPS,
     FACTORED_ELEMENT_CHANNELS,
+    FACTORED_SQUARE_GROUPS,
     LANE_TABLE_CHANNELS,
     NUM_CHANNELS,
     NUM_OUTPUTS_USED,
     ROW_TABLE_CHANNELS,
+    diagonal_channel_squares,
     diagonal_element_channels,
+    factored_channel_squares,
     factored_element_channels,
     first_layer_coefficients,
-    masked_squares,
     mlp_direction_and_magnitude,
     parameter_step,
     table_channels,
@@ -67,81 +70,117 @@ class RegionStep:
         accumulators: its old `Accumulators` (tensors).
         params: its packed parameters, `[chunks, rows, lanes]` float32.
         grads: its packed gradients (clipped here to [-1000, 1000]).
+        always_true: a traced true boolean (`packing.materialize`).
     """
 
-    def __init__(self, region, accumulators, params, grads):
+    def __init__(self, region, accumulators, params, grads, always_true):
         self.region = region
         self.old = accumulators
-        self.params = params
-        self.grads = clip_gradient(grads)
-        self.index = RowIndex(region)
+        # Packing transposes and pads; done once, not in every pass.
+        self.params = materialize(params, always_true)
+        self.raw_grads = materialize(grads, always_true)
+        self.grads = clip_gradient(self.raw_grads)
+        self.always_true = always_true
+        self.index = ChunkIndex(region)
         self.valid = self.index.valid()
 
-    def mean_sums(self, num_tensors):
-        """`[N, 5]` per-tensor sums of p², m_0, m_1, m_2 and rms (old values)."""
+    def first_pass(self, num_tensors):
+        """Pass 1: sums of the old values and of `g²`; returns `[N, 5]` mean sums.
+
+        The per-tensor sums of p², m_0, m_1, m_2 and rms (old values) are
+        returned; the row and column sums of `q = g² + 1e-30` (factored) are
+        kept for `update_accumulators`, and `gradients_finite` tells whether
+        every (unclipped) gradient is finite.
+        """
         momentum = self.old.momentum
-        sums = segments.chunk_sums(
-            [ops.square(self.params), momentum[0], momentum[1], momentum[2], self.old.rms]
-        )
-        return segments.tensor_sums(self.region, sums, num_tensors)
+        values = [ops.square(self.params), momentum[0], momentum[1], momentum[2], self.old.rms]
+        # NaN or inf anywhere in g makes this sum NaN: the finiteness check,
+        # folded into a pass that reads g anyway.
+        poison = self.raw_grads * 0.0
+        if self.region.factored:
+            squared = squared_gradient(self.grads) * self.valid
+            per_row = segments.reduce_sums(values + [squared], (2,))
+            lane_sums, poison_sum = segments.reduce_sums([squared, poison], (1,))
+            self.run_squares = segments.rows_to_runs(self.region, self.index, per_row[5])
+            self.lane_squares = segments.chunks_to_lane_groups(self.region, self.index, lane_sums)
+            per_chunk = ops.stack([ops.sum(x, axis=1) for x in per_row[:5]], axis=1)
+        else:
+            sums = segments.reduce_sums(values + [poison], (1, 2))
+            per_chunk, poison_sum = ops.stack(sums[:5], axis=1), sums[5]
+        self.gradients_finite = ops.all(ops.isfinite(poison_sum))
+        return segments.tensor_sums(self.region, per_chunk, num_tensors)
 
     def update_accumulators(self):
-        """New momenta, rms and second moments; the MLP's element channels.
+        """New momenta, rms and second moments, and the Adafactor factors (after `first_pass`).
 
-        Sets `momentum`, `rms`, `channels` (with `channel_map`) and either
-        `diag_moment` or `row_moment`, `col_moment`, `row_factor`,
-        `col_factor`, `row_channels`, `lane_channels` (tables).
+        Sets `momentum`, `rms`, and either `diag_moment` or `row_moment`,
+        `col_moment`, `row_factor`, `col_factor` (tables).
         """
-        region, index = self.region, self.index
+        region = self.region
         self.momentum, self.rms = update_momenta(self.old.momentum, self.old.rms, self.grads)
-        squared = squared_gradient(self.grads)
         if not region.factored:
-            self.diag_moment = update_second_moment(self.old.diag_moment, squared)
-            self.channel_map = DIAGONAL_ELEMENT_CHANNELS
-            self.channels = diagonal_element_channels(
-                self.params, self.grads, self.momentum, self.rms, self.diag_moment
+            self.diag_moment = update_second_moment(
+                self.old.diag_moment, squared_gradient(self.grads)
             )
             return
-        squared = squared * self.valid
         run_length = ops.convert_to_tensor(region.run_length.astype(np.float32))
         width = ops.convert_to_tensor(region.lane_group_width.astype(np.float32))
-        self.row_moment = update_second_moment(
-            self.old.row_moment, segments.run_sums(region, index, squared) / run_length
-        )
+        self.row_moment = update_second_moment(self.old.row_moment, self.run_squares / run_length)
         self.col_moment = update_second_moment(
-            self.old.col_moment,
-            segments.lane_group_sums(region, index, squared) / width[:, None],
+            self.old.col_moment, self.lane_squares / width[:, None]
         )
         group_width = ops.convert_to_tensor(region.run_group_width.astype(np.float32))
         row_mean = segments.run_group_sums(region, self.row_moment) / group_width
         row_mean = ops.take(row_mean, ops.convert_to_tensor(region.run_group), axis=1)
         self.row_factor = row_factor(self.row_moment, row_mean)
         self.col_factor = col_factor(self.col_moment)
-        self.channel_map = FACTORED_ELEMENT_CHANNELS
-        self.channels = factored_element_channels(
+
+    @property
+    def channel_map(self):
+        return FACTORED_ELEMENT_CHANNELS if self.region.factored else DIAGONAL_ELEMENT_CHANNELS
+
+    def element_channels(self):
+        """The MLP's element channels (`channel_map`), after `update_accumulators`."""
+        if not self.region.factored:
+            return diagonal_element_channels(
+                self.params, self.grads, self.momentum, self.rms, self.diag_moment
+            )
+        return factored_element_channels(
             self.params,
             self.grads,
             self.momentum,
             self.rms,
-            segments.per_row(self.row_factor, index),
-            segments.per_lane(self.col_factor, index),
+            segments.per_row(self.row_factor, self.index),
+            segments.per_lane(self.col_factor, self.index),
         )
-        self.row_channels = table_channels(self.row_moment)
-        self.lane_channels = table_channels(self.col_moment)
 
     def centred_and_channel_sums(self, mean_momentum, num_tensors):
-        """`([N, 6], [N, 30])`: centred sums (LSTM features) and channel square sums.
+        """Pass 2: `([N, 6], [N, 30])`, centred sums (LSTM features) and channel square sums.
 
-        `mean_momentum` is `[N, 3]`, each tensor's mean old momentum.
+        `mean_momentum` is `[N, 3]`, each tensor's mean old momentum. The
+        squares are computed from the materialised inputs and state, not
+        from the MLP's channels, so that the two passes share no
+        intermediate value XLA would have to store.
         """
         region = self.region
         mean_momentum = segments.per_chunk(region, ops.transpose(mean_momentum))
         centred = [
             v * self.valid for v in centred_values(self.old.momentum, self.old.rms, mean_momentum)
         ]
-        squares = masked_squares(self.channels, self.channel_map, self.valid)
+        if region.factored:
+            squares = factored_channel_squares(
+                self.params, self.grads, self.momentum, self.rms,
+                segments.per_row(ops.square(self.row_factor), self.index),
+                segments.per_lane(ops.square(self.col_factor), self.index),
+                self.valid,
+            )
+        else:
+            squares = diagonal_channel_squares(
+                self.params, self.grads, self.momentum, self.rms, self.diag_moment, self.valid
+            )
+        groups = FACTORED_SQUARE_GROUPS if region.factored else DIAGONAL_SQUARE_GROUPS
         sums = segments.tensor_sums(
-            region, segments.chunk_sums(centred + squares), num_tensors
+            region, segments.chunk_sums(centred + squares, groups), num_tensors
         )
         channel_sums = scatter_columns(sums[:, 6:], self.channel_map)
         if region.factored:
@@ -150,11 +189,11 @@ class RegionStep:
 
     def _table_channel_sums(self, num_tensors):
         region = self.region
-        rows = ops.stack([ops.square(x) for x in self.row_channels])[:, :-1]
+        rows = ops.stack([ops.square(x) for x in table_channels(self.row_moment)])[:, :-1]
         row_sums = segments.table_tensor_sums(region.run_tensor[:-1], rows, num_tensors)
         lanes = np.arange(LANES)[None, :] < region.lane_group_valid_lanes[:, None]
         lanes = ops.convert_to_tensor(lanes[:-1].astype(np.float32))
-        cols = ops.stack([ops.square(x)[:-1] * lanes for x in self.lane_channels])
+        cols = ops.stack([ops.square(x)[:-1] * lanes for x in table_channels(self.col_moment)])
         col_sums = segments.table_tensor_sums(region.lane_group_tensor[:-1], cols, num_tensors)
         return scatter_columns(row_sums, ROW_TABLE_CHANNELS) + scatter_columns(
             col_sums, LANE_TABLE_CHANNELS
@@ -170,37 +209,51 @@ class RegionStep:
                 `b2 [N, 3]`.
         """
         layers, per_channel = self._chunk_weights(first_layer, weights)
-        sums = weighted_sums(self.channels, per_channel)
+        sums = weighted_sums(self.element_channels(), per_channel)
         if self.region.factored:
             row = segments.per_row(
-                self._table_part(first_layer, ROW_TABLE_CHANNELS, self.row_channels,
-                                 self.region.run_tensor),
+                self._table_part(first_layer, ROW_TABLE_CHANNELS,
+                                 table_channels(self.row_moment), self.region.run_tensor),
                 self.index,
             )
             lane = segments.per_lane(
-                self._table_part(first_layer, LANE_TABLE_CHANNELS, self.lane_channels,
-                                 self.region.lane_group_tensor),
+                self._table_part(first_layer, LANE_TABLE_CHANNELS,
+                                 table_channels(self.col_moment), self.region.lane_group_tensor),
                 self.index,
             )
             sums = [sums[j] + row[j] + lane[j] for j in range(MLP_HIDDEN_SIZE)]
         return mlp_direction_and_magnitude(sums, layers)
 
-    def new_params(self, first_layer, weights, lr_mult, param_scale, step_scale=1.0):
-        """New parameters `p + ((p - step) - p)` of the region (the optax round trip).
+    def step(self, first_layer, weights, lr_mult, param_scale, step_scale=1.0):
+        """`(step, [N] sums of step²)` of the region; new params are `p + ((p - step) - p)`.
 
         `lr_mult` and `param_scale` are `[N]`: each tensor's step multiplier
-        and `sqrt(mean(p²) + 1e-9)`.
+        and `sqrt(mean(p²) + 1e-9)`. The step is materialised once
+        (`packing.materialize`), its sums of squares tell how far each
+        tensor moved and whether the step is finite.
         """
         direction, magnitude = self.direction_and_magnitude(first_layer, weights)
         scales = segments.per_chunk(self.region, ops.stack([lr_mult, param_scale]))
         step = parameter_step(direction, magnitude, scales[1], scales[0]) * step_scale
-        p = self.params
-        return p + ((p - step) - p)
+        step = materialize(step, self.always_true)
+        step_squares = segments.tensor_sums(
+            self.region, segments.chunk_sums([ops.square(step)]), first_layer.shape[0]
+        )[:, 0]
+        return step, step_squares
 
-    def new_accumulators(self):
+    def updated_accumulators(self):
+        """The new `Accumulators`, computed afresh from the old ones and g.
+
+        The MLP's channels use the same values (`update_accumulators`); this
+        second, separate computation lets the state be written where it is
+        needed (e.g. inside the non-finite guard's conditional) without XLA
+        keeping the new momenta for both uses.
+        """
+        momentum, rms = update_momenta(self.old.momentum, self.old.rms, self.grads)
         if self.region.factored:
-            return Accumulators(self.momentum, self.rms, self.row_moment, self.col_moment)
-        return Accumulators(self.momentum, self.rms, diag_moment=self.diag_moment)
+            return Accumulators(momentum, rms, self.row_moment, self.col_moment)
+        diag = update_second_moment(self.old.diag_moment, squared_gradient(self.grads))
+        return Accumulators(momentum, rms, diag_moment=diag)
 
     def _chunk_weights(self, first_layer, weights):
         """Per-tensor MLP weights broadcast to the region's chunks (`[chunks, 1, 1]` each).

@@ -5,13 +5,14 @@ one tensor, each row one piece of a run. The four directions VeLO needs:
 
 * elements -> tensors: `tensor_sums(region, chunk_sums(values))`, sums of
   many element-wise values per tensor (`[num_tensors, len(values)]`).
-* elements -> factored tables: `run_sums` (over each run, `[runs + 1]`) and
-  `lane_group_sums` (over d1, `[lane_groups + 1, lanes]`).
+* elements -> factored tables: a reduction within chunks (over lanes or
+  rows, `reduce_sums`), then `rows_to_runs` (`[runs + 1]`) or
+  `chunks_to_lane_groups` (`[lane_groups + 1, lanes]`).
 * tensors -> elements: `per_chunk` broadcasts `[K, num_tensors]` values.
-* tables -> elements: `per_row` / `per_lane` gather table values to rows /
-  lanes.
+* tables -> elements: `per_row` / `per_lane` take table values for each row
+  / chunk, which then broadcast over lanes / rows.
 
-`chunk_sums` is the one place with a backend special case: on JAX it is a
+`reduce_sums` is the one place with a backend special case: on JAX it is a
 single variadic `lax.reduce` per group of values, which XLA compiles to one
 pass over the elements (separate reductions re-read them once per value).
 """
@@ -24,22 +25,43 @@ from keras import ops
 _VARIADIC_GROUP = 8
 
 
-def chunk_sums(values):
-    """`[chunks, len(values)]`: each `[chunks, rows, lanes]` value summed per chunk."""
-    if keras.backend.backend() == "jax":
-        import jax
+def reduce_sums(values, axes, groups=None):
+    """Each value (same shape) summed over `axes`; a list of arrays.
 
-        sums = []
-        for start in range(0, len(values), _VARIADIC_GROUP):
-            group = [ops.convert_to_tensor(v) for v in values[start : start + _VARIADIC_GROUP]]
-            sums += jax.lax.reduce(
-                group,
-                [np.float32(0.0)] * len(group),
-                lambda a, b: [x + y for x, y in zip(a, b)],
-                (1, 2),
-            )
-        return ops.stack(sums, axis=1)
-    return ops.stack([ops.sum(v, axis=(1, 2)) for v in values], axis=1)
+    On JAX the values go through variadic `lax.reduce`s, one pass over the
+    elements per group of values (XLA would otherwise read the inputs once
+    per value, or hand single sums to a library that cannot fuse the
+    computation of its input). `groups` (lists of indices into `values`)
+    sets the passes; by default consecutive runs of `_VARIADIC_GROUP`. Put
+    values sharing an expensive intermediate (a division, an rsqrt) in one
+    group, or XLA stores that intermediate.
+    """
+    if keras.backend.backend() != "jax":
+        return [ops.sum(v, axis=tuple(axes)) for v in values]
+    import jax
+
+    if groups is None:
+        groups = [list(range(i, min(i + _VARIADIC_GROUP, len(values))))
+                  for i in range(0, len(values), _VARIADIC_GROUP)]
+    sums = [None] * len(values)
+    for group in groups:
+        operands = [ops.convert_to_tensor(values[i]) for i in group]
+        if len(operands) == 1:
+            operands.append(ops.zeros_like(operands[0]))  # keep it variadic (see above)
+        results = jax.lax.reduce(
+            operands,
+            [np.float32(0.0)] * len(operands),
+            lambda a, b: [x + y for x, y in zip(a, b)],
+            tuple(axes),
+        )
+        for i, result in zip(group, results):
+            sums[i] = result
+    return sums
+
+
+def chunk_sums(values, groups=None):
+    """`[chunks, len(values)]`: each `[chunks, rows, lanes]` value summed per chunk."""
+    return ops.stack(reduce_sums(values, (1, 2), groups), axis=1)
 
 
 def tensor_sums(region, sums_per_chunk, num_tensors):
@@ -60,20 +82,18 @@ def per_chunk(region, values):
     return gathered[:, :, None, None]
 
 
-def run_sums(region, index, values):
-    """`[runs + 1]`: `[chunks, rows, lanes]` values summed over each run (factored)."""
-    per_row = ops.reshape(ops.sum(values, axis=2), (-1,))
+def rows_to_runs(region, index, row_sums):
+    """`[runs + 1]`: per-row sums `[chunks, rows]` added up per run (factored)."""
     return ops.segment_sum(
-        per_row, ops.reshape(index.run, (-1,)), num_segments=region.num_runs + 1
+        ops.reshape(row_sums, (-1,)),
+        ops.reshape(index.run, (-1,)),
+        num_segments=region.num_runs + 1,
     )
 
 
-def lane_group_sums(region, index, values):
-    """`[lane_groups + 1, lanes]`: values summed over axis d1 of each tensor (factored)."""
-    rows = ops.reshape(values, (-1, values.shape[-1]))
-    return ops.segment_sum(
-        rows, ops.reshape(index.lane_group, (-1,)), num_segments=region.num_lane_groups + 1
-    )
+def chunks_to_lane_groups(region, index, lane_sums):
+    """`[lane_groups + 1, lanes]`: per-chunk lane sums `[chunks, lanes]` added up per lane group."""
+    return ops.segment_sum(lane_sums, index.lane_group, num_segments=region.num_lane_groups + 1)
 
 
 def run_group_sums(region, values):
@@ -102,5 +122,5 @@ def per_row(values, index):
 
 
 def per_lane(values, index):
-    """`[K, chunks, rows, lanes]`: per-lane-group values `[K, lane_groups + 1, lanes]`."""
-    return ops.take(values, index.lane_group, axis=1)
+    """`[K, chunks, 1, lanes]`: per-lane-group values `[K, lane_groups + 1, lanes]` at each chunk."""
+    return ops.take(values, index.lane_group, axis=1)[:, :, None, :]

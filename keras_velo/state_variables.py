@@ -109,6 +109,7 @@ class StateVariables:
         self.last_loss_features = self._new((9,), "velo_last_loss_features")
         self.last_fraction = self._new((), "velo_last_fraction_trained")
         self.last_lr_mult = self._new((layout.num_tensors,), "velo_last_lr_mult")
+        self.last_step_rms = self._new((layout.num_tensors,), "velo_last_step_rms")
 
     def _new(self, shape, name, value=None, dtype=STATE_DTYPE):
         """An optimizer variable starting at `value` (numpy) or zeros."""

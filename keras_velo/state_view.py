@@ -68,7 +68,7 @@ def _row_moment(placement, table):
     start = placement.first_run
     values = table[:, start : start + placement.num_runs]
     values = values.reshape((3,) + placement.canonical_shape[:-1])
-    axes = placement.permutation or tuple(range(len(placement.shape)))
+    axes = placement.axes
     # Canonical axes without d0 are `rest + [d1]`; the reference keeps the
     # original order of the axes that remain.
     kept = axes[:-1]
@@ -83,7 +83,7 @@ def _col_moment(placement, table):
     values = values.reshape(3, placement.num_run_groups, placement.pieces * LANES)
     values = values[:, :, : placement.run_length]
     values = values.reshape((3,) + placement.canonical_shape[:-2] + (placement.run_length,))
-    axes = placement.permutation or tuple(range(len(placement.shape)))
+    axes = placement.axes
     kept = axes[:-2] + axes[-1:]
     order = _reference_order(kept)
     return np.transpose(values, (0,) + tuple(1 + i for i in order))
@@ -136,7 +136,7 @@ def _packed_table_from_rows(layout, tensors):
     table = np.zeros((3, layout.factored.num_runs + 1), np.float32)
     for t in layout.factored.placements:
         values = np.asarray(tensors[t.index].row_moment, np.float32)
-        axes = t.permutation or tuple(range(len(t.shape)))
+        axes = t.axes
         kept = axes[:-1]
         # Reference order -> canonical order of the kept axes.
         inverse = np.argsort(_reference_order(kept))
@@ -149,7 +149,7 @@ def _packed_table_from_cols(layout, tensors):
     table = np.zeros((3, layout.factored.num_lane_groups + 1, LANES), np.float32)
     for t in layout.factored.placements:
         values = np.asarray(tensors[t.index].col_moment, np.float32)
-        axes = t.permutation or tuple(range(len(t.shape)))
+        axes = t.axes
         kept = axes[:-2] + axes[-1:]
         inverse = np.argsort(_reference_order(kept))
         values = np.transpose(values, (0,) + tuple(1 + i for i in inverse))

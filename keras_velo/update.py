@@ -48,6 +48,7 @@ from keras_velo.loss_features import init_loss_buffer, loss_features, update_los
 from keras_velo.packing import LANES, pack, packed_layout, unpack
 from keras_velo.parameter_mlp import LANE_TABLE_CHANNELS, NUM_CHANNELS, ROW_TABLE_CHANNELS, normalizers
 from keras_velo.region_step import RegionStep
+from keras_velo.structured_cond import structured_cond
 from keras_velo.tensor_features import (
     element_means,
     fraction_features,
@@ -89,13 +90,17 @@ class StepDiagnostics(NamedTuple):
 
     Fields: `fraction_trained` `[]`, `loss_features` `[9]`, `lr_mult` `[N]`
     (the per-tensor step multipliers; 0 on calls that only accumulate),
-    `skipped` `[]` bool (the update was dropped: non-finite loss or gradient).
+    `skipped` `[]` bool (the update was dropped: non-finite loss or gradient),
+    `step_rms` `[N]` (root mean square of each tensor's step; 0 on calls that
+    only accumulate), `gradients_finite` `[]` bool (every gradient was finite).
     """
 
     fraction_trained: object
     loss_features: object
     lr_mult: object
     skipped: object = False
+    step_rms: object = None
+    gradients_finite: object = True
 
 
 def _region_accumulators(region):
@@ -166,7 +171,7 @@ def static_counts(layout):
 
 
 def packed_update(theta, state, layout, params, grads, loss, step_scale=1.0,
-                  fraction_trained=None, active=None):
+                  fraction_trained=None, active=None, skip_non_finite=False):
     """`velo_update` on packed buffers: returns `(new (factored, diagonal), new_state, diagnostics)`.
 
     Args:
@@ -175,12 +180,17 @@ def packed_update(theta, state, layout, params, grads, loss, step_scale=1.0,
         active: None (every tensor takes part) or one static bool per
             tensor: inactive tensors keep their state and LSTM rows, and are
             left out of the cross-tensor max, as if they were not there.
+        skip_non_finite: if the loss, a gradient or a step is NaN or
+            infinite, return params and state unchanged (`diagnostics.skipped`).
+            Not in the reference; the state is then written inside a
+            conditional, which also spares XLA storing the new momenta twice.
     """
     theta, state = to_tensors((theta, state))
     rnn_params = theta["rnn_params"]
     num_tensors = layout.num_tensors
     sizes, counts = static_counts(layout)
     sizes, counts = ops.convert_to_tensor(sizes), ops.convert_to_tensor(counts)
+    loss = ops.cast(loss, "float32")
 
     buffer = update_loss_buffer(state.loss_buffer, loss)
     loss_feats = loss_features(buffer)
@@ -189,15 +199,16 @@ def packed_update(theta, state, layout, params, grads, loss, step_scale=1.0,
     else:
         fraction = ops.cast(fraction_trained, "float32")
 
+    always_true = state.iteration >= 0
     regions = [
-        RegionStep(region, accumulators, p, g)
+        RegionStep(region, accumulators, p, g, always_true)
         for region, accumulators, p, g in zip(
             (layout.factored, layout.diagonal), (state.factored, state.diagonal), params, grads
         )
         if not region.empty
     ]
     # Pass 1: per-tensor means of the old values.
-    mean_sums = sum(r.mean_sums(num_tensors) for r in regions)
+    mean_sums = sum(r.first_pass(num_tensors) for r in regions)
     mean_square, mean_momentum, _ = element_means(mean_sums, sizes)
     for r in regions:
         r.update_accumulators()
@@ -222,26 +233,51 @@ def packed_update(theta, state, layout, params, grads, loss, step_scale=1.0,
     param_scale = ops.sqrt(mean_square + PARAM_SCALE_EPSILON)
 
     # Pass 3: the per-parameter MLP and the step.
-    new_params = [None, None]
-    new_accumulators = [None, None]
+    steps, step_squares = [], 0.0
     for r in regions:
-        slot = 0 if r.region.factored else 1
-        new_params[slot] = r.new_params(first_layer, weights, lr_mult, param_scale, step_scale)
-        new_accumulators[slot] = r.new_accumulators()
-
-    new_state = VeLOState(
-        iteration=state.iteration + 1,
-        num_steps=state.num_steps,
-        loss_buffer=buffer,
-        factored=new_accumulators[0],
-        diagonal=new_accumulators[1],
-        lstm_hidden=hidden,
-        lstm_cell=cell,
-    )
+        step, squares = r.step(first_layer, weights, lr_mult, param_scale, step_scale)
+        steps.append(step)
+        step_squares = step_squares + squares
     if mask is not None:
-        new_state = keep_inactive(layout, mask, new_state, state)
         lr_mult = ops.where(ops.convert_to_tensor(mask), lr_mult, 0.0)
-    return tuple(new_params), new_state, StepDiagnostics(fraction, loss_feats, lr_mult)
+        step_squares = ops.where(ops.convert_to_tensor(mask), step_squares, 0.0)
+    gradients_finite = regions[0].gradients_finite
+    for r in regions[1:]:
+        gradients_finite = ops.logical_and(gradients_finite, r.gradients_finite)
+
+    def updated_state():
+        accumulators = {r.region.factored: r.updated_accumulators() for r in regions}
+        new_state = VeLOState(
+            iteration=state.iteration + 1,
+            num_steps=state.num_steps,
+            loss_buffer=buffer,
+            factored=accumulators.get(True),
+            diagonal=accumulators.get(False),
+            lstm_hidden=hidden,
+            lstm_cell=cell,
+        )
+        return new_state if mask is None else keep_inactive(layout, mask, new_state, state)
+
+    new_params = [None, None]
+    if skip_non_finite:
+        finite = ops.all(ops.isfinite(ops.concatenate([loss[None], step_squares])))
+        finite = ops.logical_and(finite, gradients_finite)
+        new_state = structured_cond(finite, updated_state, lambda: state)
+        for r, step in zip(regions, steps):
+            p = r.params
+            new_params[0 if r.region.factored else 1] = ops.where(finite, p + ((p - step) - p), p)
+        skipped = ops.logical_not(finite)
+    else:
+        new_state = updated_state()
+        for r, step in zip(regions, steps):
+            p = r.params
+            new_params[0 if r.region.factored else 1] = p + ((p - step) - p)
+        skipped = ops.convert_to_tensor(False)
+    diagnostics = StepDiagnostics(
+        fraction, loss_feats, lr_mult, skipped=skipped,
+        step_rms=ops.sqrt(step_squares / sizes), gradients_finite=gradients_finite,
+    )
+    return tuple(new_params), new_state, diagnostics
 
 
 def keep_inactive(layout, active, new_state, old_state):
