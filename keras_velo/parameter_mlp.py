@@ -174,23 +174,18 @@ def factored_channel_squares(param, gradient, momentum, rms, row_squares, col_sq
 
 
 def diagonal_channel_squares(param, gradient, momentum, rms, diag_moment, valid):
-    """`x²` of the 24 `DIAGONAL_ELEMENT_CHANNELS` (see `factored_channel_squares`)."""
-    inverse_rms = 1.0 / (rms + RSQRT_RMS_EPSILON)
-    g2 = ops.square(gradient)
-    m2 = [ops.square(momentum[k]) for k in range(3)]
-    v = [diag_moment[k] for k in range(3)]
-    return (
-        [g2, ops.square(ops.clip(gradient, -INPUT_CLIP, INPUT_CLIP)), ops.square(param)]
-        + m2
-        + [ops.square(rms)]
-        + [m2[k] * inverse_rms for k in range(3)]
-        + [inverse_rms * valid]
-        + [g2 / ops.maximum(v[k] + 1e-9, 1e-9) for k in range(3)]
-        + [g2 * inverse_rms]
-        + [ops.square(v[k]) * valid for k in range(3)]
-        + [valid / (v[k] + RSQRT_MOMENT_EPSILON) for k in range(3)]
-        + [m2[k] / v[k] for k in range(3)]
-    )
+    """`x²` of the 24 `DIAGONAL_ELEMENT_CHANNELS`, from the channels themselves.
+
+    Unfactored tensors are few and small; their squares follow the
+    reference's rounding exactly (which matters for scalars, whose single
+    value is its own normaliser).
+    """
+    channels = diagonal_element_channels(param, gradient, momentum, rms, diag_moment)
+    masked = {10, 15, 16, 17, 21, 22, 23}  # not zero on padding
+    return [
+        ops.square(x) * valid if masked.intersection(indices) else ops.square(x)
+        for x, indices in zip(channels, DIAGONAL_ELEMENT_CHANNELS)
+    ]
 
 
 def normalizers(mean_squares):
@@ -198,28 +193,37 @@ def normalizers(mean_squares):
     return ops.rsqrt(NORMALIZER_EPSILON + mean_squares)
 
 
-def first_layer_coefficients(first_layer, channel_map):
-    """`[len(channel_map), N, 4]`: folded first-layer weights per computed array.
+def element_terms(channel_map):
+    """`[(array position, channel)]`: the first layer's element terms in channel order.
 
-    `first_layer` is `[N, 30, 4]` (normalisers folded in); an array serving
-    two channels gets the sum of their weights.
+    An array serving two channels (unfactored row and column features)
+    gives two terms, so the sum runs over channels in the reference's order.
     """
-    rows = []
-    for indices in channel_map:
-        weight = first_layer[:, indices[0], :]
-        for extra in indices[1:]:
-            weight = weight + first_layer[:, extra, :]
-        rows.append(weight)
-    return ops.stack(rows, axis=0)
+    terms = [(position, c) for position, indices in enumerate(channel_map) for c in indices]
+    return sorted(terms, key=lambda term: term[1])
 
 
-def weighted_sums(channels, coefficients):
-    """`[4]` list: `sum_c channels[c] * coefficients[c][j]` for each hidden unit j."""
+def first_layer_coefficients(first_layer, channels):
+    """`[len(channels), N, 4]`: the first-layer weights (normalisers folded in) of these channels."""
+    return ops.stack([first_layer[:, c, :] for c in channels], axis=0)
+
+
+def weighted_sums(channels, coefficients, extra=None, extra_after=0):
+    """`[4]` list: `sum_c channels[c] * coefficients[c][j]` for each hidden unit j.
+
+    `extra` (4 arrays, optional) joins the sum after the first `extra_after`
+    terms: the factored table channels (15-26), between channels 14 and 27.
+    """
     totals = []
     for j in range(MLP_HIDDEN_SIZE):
-        total = channels[0] * coefficients[0][j]
-        for channel, coefficient in zip(channels[1:], coefficients[1:]):
-            total = total + channel * coefficient[j]
+        total = None
+        for i, (channel, coefficient) in enumerate(zip(channels, coefficients)):
+            if extra is not None and i == extra_after:
+                total = total + extra[j]
+            term = channel * coefficient[j]
+            total = term if total is None else total + term
+        if extra is not None and extra_after == len(channels):
+            total = total + extra[j]
         totals.append(total)
     return totals
 

@@ -41,6 +41,7 @@ from keras_velo.parameter_mlp import (
     ROW_TABLE_CHANNELS,
     diagonal_channel_squares,
     diagonal_element_channels,
+    element_terms,
     factored_channel_squares,
     factored_element_channels,
     first_layer_coefficients,
@@ -208,8 +209,11 @@ class RegionStep:
                 `b0 [N, 4]`, `w1 [N, 4, 4]`, `b1 [N, 4]`, `w2 [N, 4, 3]`,
                 `b2 [N, 3]`.
         """
-        layers, per_channel = self._chunk_weights(first_layer, weights)
-        sums = weighted_sums(self.element_channels(), per_channel)
+        terms = element_terms(self.channel_map)
+        layers, per_term = self._chunk_weights(first_layer, weights, [c for _, c in terms])
+        arrays = self.element_channels()
+        channels = [arrays[position] for position, _ in terms]
+        table_part = None
         if self.region.factored:
             row = segments.per_row(
                 self._table_part(first_layer, ROW_TABLE_CHANNELS,
@@ -221,7 +225,12 @@ class RegionStep:
                                  table_channels(self.col_moment), self.region.lane_group_tensor),
                 self.index,
             )
-            sums = [sums[j] + row[j] + lane[j] for j in range(MLP_HIDDEN_SIZE)]
+            table_part = [row[j] + lane[j] for j in range(MLP_HIDDEN_SIZE)]
+        first_table_channel = ROW_TABLE_CHANNELS[0][0]
+        sums = weighted_sums(
+            channels, per_term, table_part,
+            extra_after=sum(1 for _, c in terms if c < first_table_channel),
+        )
         return mlp_direction_and_magnitude(sums, layers)
 
     def step(self, first_layer, weights, lr_mult, param_scale, step_scale=1.0):
@@ -255,14 +264,14 @@ class RegionStep:
         diag = update_second_moment(self.old.diag_moment, squared_gradient(self.grads))
         return Accumulators(momentum, rms, diag_moment=diag)
 
-    def _chunk_weights(self, first_layer, weights):
+    def _chunk_weights(self, first_layer, weights, channels):
         """Per-tensor MLP weights broadcast to the region's chunks (`[chunks, 1, 1]` each).
 
         Returns `(layers, per_channel)`: the dict `mlp_direction_and_magnitude`
-        takes, and for each element channel its 4 first-layer weights.
+        takes, and for each of `channels` its 4 first-layer weights.
         """
         num_tensors = first_layer.shape[0]
-        coefficients = first_layer_coefficients(first_layer, self.channel_map)
+        coefficients = first_layer_coefficients(first_layer, channels)
         used = NUM_OUTPUTS_USED
         pieces = {
             "first": ops.transpose(coefficients, (0, 2, 1)),  # [arrays, 4, N]
@@ -282,7 +291,7 @@ class RegionStep:
             return [chunk[next(position)] for _ in range(count)]
 
         hidden = MLP_HIDDEN_SIZE
-        per_channel = [take(hidden) for _ in self.channel_map]
+        per_channel = [take(hidden) for _ in channels]
         layers = {
             "b0": take(hidden),
             "w1": [take(hidden) for _ in range(hidden)],
@@ -295,7 +304,7 @@ class RegionStep:
     @staticmethod
     def _table_part(first_layer, channel_map, channels, tensor_of_entry):
         """`[4, entries, ...]`: the first layer's sum over a table's 6 channels."""
-        coefficients = first_layer_coefficients(first_layer, channel_map)  # [6, N, 4]
+        coefficients = first_layer_coefficients(first_layer, [c for (c,) in channel_map])
         coefficients = ops.take(coefficients, ops.convert_to_tensor(tensor_of_entry), axis=1)
         extra_axes = len(channels[0].shape) - 1
         parts = []

@@ -63,11 +63,11 @@ def _reference_order(canonical_axes):
     return tuple(np.argsort(canonical_axes))
 
 
-def _row_moment(placement, table):
-    """`[3, *S without d0]` from the run table `[3, runs + 1]`."""
+def row_moment_view(placement, table):
+    """`[K, *S without d0]`: one tensor's entries of a run table `[K, runs + 1]`, reference order."""
     start = placement.first_run
     values = table[:, start : start + placement.num_runs]
-    values = values.reshape((3,) + placement.canonical_shape[:-1])
+    values = values.reshape((table.shape[0],) + placement.canonical_shape[:-1])
     axes = placement.axes
     # Canonical axes without d0 are `rest + [d1]`; the reference keeps the
     # original order of the axes that remain.
@@ -76,13 +76,14 @@ def _row_moment(placement, table):
     return np.transpose(values, (0,) + tuple(1 + i for i in order))
 
 
-def _col_moment(placement, table):
-    """`[3, *S without d1]` from the lane-group table `[3, lane_groups + 1, LANES]`."""
+def col_moment_view(placement, table):
+    """`[K, *S without d1]`: one tensor's entries of a lane-group table `[K, groups + 1, LANES]`."""
     start = placement.first_lane_group
+    k = table.shape[0]
     values = table[:, start : start + placement.num_lane_groups]
-    values = values.reshape(3, placement.num_run_groups, placement.pieces * LANES)
+    values = values.reshape(k, placement.num_run_groups, placement.pieces * LANES)
     values = values[:, :, : placement.run_length]
-    values = values.reshape((3,) + placement.canonical_shape[:-2] + (placement.run_length,))
+    values = values.reshape((k,) + placement.canonical_shape[:-2] + (placement.run_length,))
     axes = placement.axes
     kept = axes[:-2] + axes[-1:]
     order = _reference_order(kept)
@@ -107,8 +108,8 @@ def tensor_states(state, shapes):
         diag = {t.index: values[t.index] for t in layout.diagonal.placements}
     rows, cols = {}, {}
     for t in layout.factored.placements:
-        rows[t.index] = _row_moment(t, factored[2])
-        cols[t.index] = _col_moment(t, factored[3])
+        rows[t.index] = row_moment_view(t, factored[2])
+        cols[t.index] = col_moment_view(t, factored[3])
     hidden, cell = _numpy(state.lstm_hidden), _numpy(state.lstm_cell)
     tensors = tuple(
         TensorState(

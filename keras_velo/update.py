@@ -170,6 +170,46 @@ def static_counts(layout):
     return sizes, counts
 
 
+class TensorStatistics(NamedTuple):
+    """Per-tensor sums of passes 1 and 2, `[N, ...]` each.
+
+    Fields: `mean_sums` `[N, 5]` (p², m_k, rms; old values), `centred_sums`
+    `[N, 6]` (see `tensor_features.CENTRED_STATISTICS`), `channel_sums`
+    `[N, 30]` (sums of squares of the MLP's input channels).
+    """
+
+    mean_sums: object
+    centred_sums: object
+    channel_sums: object
+
+
+def region_steps(layout, state, params, grads):
+    """One `RegionStep` per non-empty region, factored first."""
+    always_true = state.iteration >= 0
+    return [
+        RegionStep(region, accumulators, p, g, always_true)
+        for region, accumulators, p, g in zip(
+            (layout.factored, layout.diagonal), (state.factored, state.diagonal), params, grads
+        )
+        if not region.empty
+    ]
+
+
+def tensor_statistics(layout, regions):
+    """Passes 1 and 2 over `regions`; also updates their accumulators. `TensorStatistics`."""
+    num_tensors = layout.num_tensors
+    sizes = ops.convert_to_tensor(static_counts(layout)[0])
+    mean_sums = sum(r.first_pass(num_tensors) for r in regions)
+    _, mean_momentum, _ = element_means(mean_sums, sizes)
+    for r in regions:
+        r.update_accumulators()
+    centred_sums, channel_sums = 0.0, 0.0
+    for r in regions:
+        centred, channels = r.centred_and_channel_sums(mean_momentum, num_tensors)
+        centred_sums, channel_sums = centred_sums + centred, channel_sums + channels
+    return TensorStatistics(mean_sums, centred_sums, channel_sums)
+
+
 def packed_update(theta, state, layout, params, grads, loss, step_scale=1.0,
                   fraction_trained=None, active=None, skip_non_finite=False):
     """`velo_update` on packed buffers: returns `(new (factored, diagonal), new_state, diagnostics)`.
@@ -187,7 +227,6 @@ def packed_update(theta, state, layout, params, grads, loss, step_scale=1.0,
     """
     theta, state = to_tensors((theta, state))
     rnn_params = theta["rnn_params"]
-    num_tensors = layout.num_tensors
     sizes, counts = static_counts(layout)
     sizes, counts = ops.convert_to_tensor(sizes), ops.convert_to_tensor(counts)
     loss = ops.cast(loss, "float32")
@@ -199,24 +238,10 @@ def packed_update(theta, state, layout, params, grads, loss, step_scale=1.0,
     else:
         fraction = ops.cast(fraction_trained, "float32")
 
-    always_true = state.iteration >= 0
-    regions = [
-        RegionStep(region, accumulators, p, g, always_true)
-        for region, accumulators, p, g in zip(
-            (layout.factored, layout.diagonal), (state.factored, state.diagonal), params, grads
-        )
-        if not region.empty
-    ]
-    # Pass 1: per-tensor means of the old values.
-    mean_sums = sum(r.first_pass(num_tensors) for r in regions)
-    mean_square, mean_momentum, _ = element_means(mean_sums, sizes)
-    for r in regions:
-        r.update_accumulators()
-    # Pass 2: centred sums (LSTM features) and channel mean squares (MLP normalisers).
-    centred_sums, channel_sums = 0.0, 0.0
-    for r in regions:
-        centred, channels = r.centred_and_channel_sums(mean_momentum, num_tensors)
-        centred_sums, channel_sums = centred_sums + centred, channel_sums + channels
+    regions = region_steps(layout, state, params, grads)
+    statistics = tensor_statistics(layout, regions)
+    mean_square, _, _ = element_means(statistics.mean_sums, sizes)
+    mean_sums, centred_sums, channel_sums = statistics
 
     per_tensor = tensor_statistics_features(mean_sums, centred_sums, sizes, layout.shapes)
     lstm_inputs = stack_lstm_inputs(fraction_features(fraction), loss_feats, per_tensor)

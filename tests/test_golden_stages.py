@@ -2,9 +2,11 @@
 
 `shared/golden/intermediates_*.npz` hold what the reference computed inside
 updates 1-4 (perturbed theta) and 1-2 (random theta). Each stage here gets
-the reference's own inputs for that stage, so a failure points at one
-function. Tolerances are relative to the largest magnitude of the quantity
-(the reference ran eagerly, so its own jit/eager gap is ~1e-7 relative).
+the reference's own inputs for that stage (old state, params, gradients,
+loss features, LSTM inputs, controls, mixed MLP weights), packed into
+keras-velo's layout, so a failure points at one stage. Tolerances are
+relative to the largest magnitude of the quantity (the reference ran
+eagerly, so its own jit/eager gap is ~1e-7 relative).
 """
 
 import keras
@@ -13,7 +15,7 @@ import pytest
 from keras import ops
 
 import golden_data
-from keras_velo.accumulators import Accumulators, clip_gradient, update_accumulators
+from keras_velo.accumulators import Accumulators
 from keras_velo.hypernetwork import (
     control_heads,
     lstm_step,
@@ -21,19 +23,30 @@ from keras_velo.hypernetwork import (
     mix_tensor_features,
 )
 from keras_velo.loss_features import LossBuffer, loss_features, update_loss_buffer
+from keras_velo.packing import pack, packed_layout, unpack
 from keras_velo.parameter_mlp import (
+    LANE_TABLE_CHANNELS,
     MLP_INPUT_GROUP_NAMES,
-    channel_normalizers,
-    mlp_direction_and_magnitude,
-    mlp_input_channels,
+    ROW_TABLE_CHANNELS,
+    normalizers,
     parameter_step,
+    table_channels,
 )
+from keras_velo.state_view import col_moment_view, pack_accumulators, row_moment_view
 from keras_velo.tensor_features import (
     fraction_features,
     stack_lstm_inputs,
     tensor_statistics_features,
 )
 from keras_velo.theta import MLP_INPUT_GROUP_WIDTHS
+from keras_velo.update import (
+    VeLOState,
+    packed_update,
+    region_steps,
+    static_counts,
+    tensor_statistics,
+    to_tensors,
+)
 
 CASES = [("perturbed", t) for t in (1, 2, 3, 4)] + [("random", t) for t in (1, 2)]
 RTOL = 2e-5
@@ -50,7 +63,7 @@ def _close(actual, expected, what, rtol=RTOL):
 
 
 class Stage:
-    """The reference's inputs and intermediates of update `step` (1-based)."""
+    """The reference's inputs and intermediates of update `step` (1-based), packed."""
 
     def __init__(self, setting, step):
         self.trajectory = golden_data.load(f"traj_{setting}_n100")
@@ -60,6 +73,9 @@ class Stage:
         )
         self.step = step
         self.keys = golden_data.leaf_order()
+        self.shapes = [self.param(k).shape for k in self.keys]
+        self.layout = packed_layout(self.shapes)
+        self.sizes, self.counts = static_counts(self.layout)
 
     def out(self, name):
         return self.intermediates[f"step{self.step}/{name}"]
@@ -78,19 +94,46 @@ class Stage:
         return self.trajectory[f"grads/{key}"][self.step - 1]
 
     def old_accumulators(self, key):
+        """The golden old state of one tensor in keras-velo's per-tensor layout."""
+        shape = self.param(key).shape
+
         def slot(name):
             value = self.state(f"{name}/{key}")
             if value.size == 0:
                 return None
             value = golden_data.to_keras_velo_layout(name, value)
-            shape = self.param(key).shape or (1,)
             if name in ("m", "v_diag"):
                 value = value.reshape((3,) + shape)
             elif name == "rms":
                 value = value.reshape(shape)
-            return ops.convert_to_tensor(value)
+            return value
 
         return Accumulators(slot("m"), slot("rms"), slot("v_row"), slot("v_col"), slot("v_diag"))
+
+    def packed_state(self):
+        factored, diagonal = pack_accumulators(
+            self.shapes, [self.old_accumulators(k) for k in self.keys]
+        )
+        lstm = [self.state(f"lstm_{kind}") for kind in ("hidden", "cell")]
+        buffer = LossBuffer(
+            *[self.state(f"loss_{n}") for n in ("means", "running_min", "decays", "iteration")]
+        )
+        state = VeLOState(
+            self.state("iteration"), self.state("num_steps"), buffer, factored, diagonal, *lstm
+        )
+        return to_tensors(state)
+
+    def regions(self):
+        """`RegionStep`s on the reference's old state, params and gradients (passes 1-2 run)."""
+        params = pack(self.layout, [ops.convert_to_tensor(self.param(k)) for k in self.keys])
+        grads = pack(self.layout, [ops.convert_to_tensor(self.grad(k)) for k in self.keys])
+        regions = region_steps(self.layout, self.packed_state(), params, grads)
+        return regions, tensor_statistics(self.layout, regions)
+
+    def per_tensor(self, region_values):
+        """Per-tensor numpy arrays from `{is_factored: packed array}` (None where absent)."""
+        tensors = unpack(self.layout, region_values.get(True), region_values.get(False))
+        return [None if x is None else _np(x) for x in tensors]
 
 
 @pytest.fixture(params=CASES, ids=[f"{s}-step{t}" for s, t in CASES])
@@ -114,15 +157,11 @@ def test_loss_buffer_and_features(stage):
 
 
 def test_per_tensor_lstm_features(stage):
-    per_tensor = []
-    for key in stage.keys:
-        p = ops.convert_to_tensor(stage.param(key).reshape(stage.param(key).shape or (1,)))
-        acc = stage.old_accumulators(key)
-        per_tensor.append(
-            tensor_statistics_features(
-                ops.mean(ops.square(p)), acc.momentum, acc.rms, stage.param(key).shape
-            )
-        )
+    _, statistics = stage.regions()
+    per_tensor = tensor_statistics_features(
+        statistics.mean_sums, statistics.centred_sums, ops.convert_to_tensor(stage.sizes),
+        stage.shapes,
+    )
     inputs = stack_lstm_inputs(
         fraction_features(ops.convert_to_tensor(stage.out("fraction_trained"))),
         ops.convert_to_tensor(stage.out("loss_features")),
@@ -149,11 +188,28 @@ def test_hypernetwork(stage):
 
 
 def test_the_lstm_state_carries_over(stage):
-    """`use_bugged_next_lstm_state=False`: each step starts from the last step's state."""
+    """`use_bugged_next_lstm_state=False`: an update starts from the last update's LSTM state.
+
+    From the reference's state before this update, `packed_update` gives
+    the reference's next LSTM state; restarting the LSTM from the
+    checkpoint's init state (what the bugged variant does) would not.
+    """
     if stage.step == 1:
         pytest.skip("the first update starts from the checkpoint's init state")
-    previous = stage.intermediates[f"step{stage.step - 1}/rnn/lstm_out_hidden"]
-    np.testing.assert_array_equal(stage.out("rnn/lstm_prev_hidden"), previous)
+    params = pack(stage.layout, [ops.convert_to_tensor(stage.param(k)) for k in stage.keys])
+    grads = pack(stage.layout, [ops.convert_to_tensor(stage.grad(k)) for k in stage.keys])
+    loss = stage.trajectory["losses"][stage.step - 1]
+    carried = stage.packed_state()
+    init = stage.theta["lstm_init_state"]
+    restarted = carried._replace(
+        lstm_hidden=ops.broadcast_to(init["hidden"], carried.lstm_hidden.shape),
+        lstm_cell=ops.broadcast_to(init["cell"], carried.lstm_cell.shape),
+    )
+    expected = stage.out("rnn/lstm_out_hidden")
+    _, state, _ = packed_update(stage.theta, carried, stage.layout, params, grads, loss)
+    _close(state.lstm_hidden, expected, "LSTM state after the update")
+    _, state, _ = packed_update(stage.theta, restarted, stage.layout, params, grads, loss)
+    assert np.max(np.abs(_np(state.lstm_hidden) - expected)) > 1e-3
 
 
 def test_the_dead_mix_layer_changes_nothing(stage):
@@ -179,74 +235,125 @@ def test_mlp_weight_mixing(stage):
             _close(weights[name][j], expected, f"{key}: mixed {name}", 1e-5)
 
 
-def _updated(stage, key):
-    work_shape = stage.param(key).shape or (1,)
-    p = ops.convert_to_tensor(stage.param(key).reshape(work_shape))
-    g = clip_gradient(ops.convert_to_tensor(stage.grad(key).reshape(work_shape)))
-    accumulators, preconditioners = update_accumulators(stage.old_accumulators(key), g)
-    return p, g, accumulators, preconditioners, work_shape
+def _per_decay(stage, regions, field):
+    """Per tensor `[3, *S]` of an element-wise per-decay field of the new accumulators."""
+    per_k = [
+        stage.per_tensor({r.region.factored: getattr(r, field)[k] for r in regions})
+        for k in range(3)
+    ]
+    return [
+        None if per_k[0][i] is None else np.stack([per_k[k][i] for k in range(3)])
+        for i in range(len(stage.keys))
+    ]
+
+
+def _channels(stage, regions):
+    """All 30 MLP input channels per tensor, each broadcast to the tensor's shape."""
+    channels = [[None] * 30 for _ in stage.keys]
+    for r in regions:
+        for indices, value in zip(r.channel_map, r.element_channels()):
+            tensors = stage.per_tensor({r.region.factored: value})
+            for t in r.region.placements:
+                for c in indices:
+                    channels[t.index][c] = tensors[t.index]
+        if not r.region.factored:
+            continue
+        for table, views, channel_map, axis_of in (
+            (r.row_moment, row_moment_view, ROW_TABLE_CHANNELS, lambda t: t.axes[-1]),
+            (r.col_moment, col_moment_view, LANE_TABLE_CHANNELS, lambda t: t.axes[-2]),
+        ):
+            values = [_np(x) for x in table_channels(table)]
+            for t in r.region.placements:
+                for (c,), value in zip(channel_map, values):
+                    view = views(t, value[None])[0]
+                    channels[t.index][c] = np.broadcast_to(
+                        np.expand_dims(view, axis_of(t)), t.shape
+                    )
+    return channels
 
 
 def test_accumulators(stage):
-    for key in stage.keys:
-        _, g, acc, pre, work_shape = _updated(stage, key)
+    regions, _ = stage.regions()
+    momentum = _per_decay(stage, regions, "momentum")
+    rms = stage.per_tensor({r.region.factored: r.rms for r in regions})
+    channels = _channels(stage, regions)
+    placements = {t.index: t for r in regions for t in r.region.placements}
+    tables = {r.region.factored: r for r in regions}
+    diag = _per_decay(stage, [r for r in regions if not r.region.factored], "diag_moment") \
+        if False in tables else None
+    for j, key in enumerate(stage.keys):
+        shape = stage.shapes[j]
         ff = lambda name: stage.tensor_out(key, f"ff_arg/{name}")  # noqa: E731
-        _close(acc.momentum, np.moveaxis(ff("m"), -1, 0).reshape((3,) + work_shape), f"{key}: m")
-        _close(acc.rms, ff("rms").reshape(work_shape), f"{key}: rms")
-        if acc.diag_moment is None:
-            _close(acc.row_moment, np.moveaxis(ff("fac_vec_row"), -1, 0), f"{key}: v_row")
-            _close(acc.col_moment, np.moveaxis(ff("fac_vec_col"), -1, 0), f"{key}: v_col")
+        _close(momentum[j], np.moveaxis(ff("m"), -1, 0).reshape((3,) + shape), f"{key}: m")
+        _close(rms[j], ff("rms").reshape(shape), f"{key}: rms")
+        if len(shape) >= 2:
+            t, r = placements[j], tables[True]
+            _close(row_moment_view(t, _np(r.row_moment)), np.moveaxis(ff("fac_vec_row"), -1, 0),
+                   f"{key}: v_row")
+            _close(col_moment_view(t, _np(r.col_moment)), np.moveaxis(ff("fac_vec_col"), -1, 0),
+                   f"{key}: v_col")
             assert ff("fac_vec_v").size == 0
         else:
-            expected = np.moveaxis(ff("fac_vec_v"), -1, 0).reshape((3,) + work_shape)
-            _close(acc.diag_moment, expected, f"{key}: v_diag")
-        expected = np.moveaxis(ff("fac_g"), -1, 0).reshape((3,) + work_shape)
-        _close(g[None] * pre.row * (1.0 if pre.col is None else pre.col), expected, f"{key}: fac_g")
+            expected = np.moveaxis(ff("fac_vec_v"), -1, 0).reshape((3,) + shape)
+            _close(diag[j], expected, f"{key}: v_diag")
+        expected = np.moveaxis(ff("fac_g"), -1, 0).reshape((3,) + shape)
+        _close(np.stack([channels[j][c] for c in (11, 12, 13)]), expected, f"{key}: fac_g")
 
 
 def test_mlp_inputs_and_normalisation(stage):
-    for key in stage.keys:
-        p, g, acc, pre, work_shape = _updated(stage, key)
-        channels = mlp_input_channels(p, g, acc, pre)
-        normalizers = _np(channel_normalizers(channels))
+    regions, statistics = stage.regions()
+    channels = _channels(stage, regions)
+    norms = _np(normalizers(statistics.channel_sums / ops.convert_to_tensor(stage.counts)))
+    for j, key in enumerate(stage.keys):
+        shape = stage.shapes[j] or ()
         offset = 0
         for i, (name, width) in enumerate(zip(MLP_INPUT_GROUP_NAMES, MLP_INPUT_GROUP_WIDTHS)):
             group = np.stack(
-                [np.broadcast_to(_np(c), work_shape) for c in channels[offset : offset + width]],
+                [np.broadcast_to(channels[j][c], shape) for c in range(offset, offset + width)],
                 axis=-1,
             )
-            raw = stage.tensor_out(key, f"mlp_in_raw/{i:02d}_{name}").reshape(work_shape + (width,))
-            norm = stage.tensor_out(key, f"mlp_in_norm/{i:02d}_{name}").reshape(work_shape + (width,))
+            raw = stage.tensor_out(key, f"mlp_in_raw/{i:02d}_{name}").reshape(shape + (width,))
+            norm = stage.tensor_out(key, f"mlp_in_norm/{i:02d}_{name}").reshape(shape + (width,))
             _close(group, raw, f"{key}: input group {name}")
-            _close(group * normalizers[offset : offset + width], norm, f"{key}: normalised {name}")
+            _close(group * norms[j, offset : offset + width], norm, f"{key}: normalised {name}")
             offset += width
 
 
 def test_mlp_outputs_and_step(stage):
-    for key in stage.keys:
-        p, g, acc, pre, work_shape = _updated(stage, key)
-        channels = mlp_input_channels(p, g, acc, pre)
-        weights = {
-            "w0": np.concatenate(
-                [stage.tensor_out(key, f"mixed_weights/w0__{i}") for i in range(14)], axis=0
-            ),
-            **{n: stage.tensor_out(key, f"mixed_weights/{n}") for n in ("b0", "w1", "b1", "w2", "b2")},
-        }
-        weights = {n: ops.convert_to_tensor(w) for n, w in weights.items()}
-        direction, magnitude = mlp_direction_and_magnitude(
-            channels, channel_normalizers(channels), weights
+    regions, statistics = stage.regions()
+    weights = {
+        name: ops.convert_to_tensor(
+            np.stack([stage.tensor_out(k, f"mixed_weights/{name}") for k in stage.keys])
         )
-        _close(direction, stage.tensor_out(key, "direction").reshape(work_shape), f"{key}: direction")
-        _close(magnitude, stage.tensor_out(key, "magnitude").reshape(work_shape), f"{key}: magnitude")
+        for name in ("b0", "w1", "b1", "w2", "b2")
+    }
+    w0 = np.stack(
+        [
+            np.concatenate(
+                [stage.tensor_out(k, f"mixed_weights/w0__{i}") for i in range(14)], axis=0
+            )
+            for k in stage.keys
+        ]
+    )
+    norms = normalizers(statistics.channel_sums / ops.convert_to_tensor(stage.counts))
+    first_layer = ops.convert_to_tensor(w0) * norms[:, :, None]
+    outputs = {r.region.factored: r.direction_and_magnitude(first_layer, weights) for r in regions}
+    direction = stage.per_tensor({f: out[0] for f, out in outputs.items()})
+    magnitude = stage.per_tensor({f: out[1] for f, out in outputs.items()})
+    for j, key in enumerate(stage.keys):
+        shape = stage.shapes[j]
+        _close(direction[j], stage.tensor_out(key, "direction").reshape(shape), f"{key}: direction")
+        _close(magnitude[j], stage.tensor_out(key, "magnitude").reshape(shape), f"{key}: magnitude")
 
+        p = stage.param(key)
         step = parameter_step(
             ops.convert_to_tensor(stage.tensor_out(key, "direction")),
             ops.convert_to_tensor(stage.tensor_out(key, "magnitude")),
-            ops.sqrt(ops.mean(ops.square(p)) + 1e-9),
+            ops.sqrt(ops.mean(ops.square(ops.convert_to_tensor(p))) + 1e-9),
             ops.convert_to_tensor(stage.tensor_out(key, "lr_mult")),
         )
         _close(step, stage.tensor_out(key, "step_recomputed"), f"{key}: step", 1e-6)
-        new_p = stage.param(key) - _np(step).reshape(stage.param(key).shape)
+        new_p = p - _np(step).reshape(p.shape)
         expected = stage.tensor_out(key, "new_p")
         tolerance = 2 * np.spacing(np.abs(expected)) + 1e-6 * np.abs(_np(step)).max()
         assert np.all(np.abs(new_p - expected) <= tolerance), key
