@@ -251,18 +251,10 @@ class RegionStep:
         return step, step_squares
 
     def updated_accumulators(self):
-        """The new `Accumulators`, computed afresh from the old ones and g.
-
-        The MLP's channels use the same values (`update_accumulators`); this
-        second, separate computation lets the state be written where it is
-        needed (e.g. inside the non-finite guard's conditional) without XLA
-        keeping the new momenta for both uses.
-        """
-        momentum, rms = update_momenta(self.old.momentum, self.old.rms, self.grads)
+        """The new `Accumulators` (after `update_accumulators`)."""
         if self.region.factored:
-            return Accumulators(momentum, rms, self.row_moment, self.col_moment)
-        diag = update_second_moment(self.old.diag_moment, squared_gradient(self.grads))
-        return Accumulators(momentum, rms, diag_moment=diag)
+            return Accumulators(self.momentum, self.rms, self.row_moment, self.col_moment)
+        return Accumulators(self.momentum, self.rms, diag_moment=self.diag_moment)
 
     def _chunk_weights(self, first_layer, weights, channels):
         """Per-tensor MLP weights broadcast to the region's chunks (`[chunks, 1, 1]` each).
@@ -285,7 +277,7 @@ class RegionStep:
             [ops.reshape(x, (-1, num_tensors)) for x in pieces.values()], axis=0
         )
         chunk = segments.per_chunk(self.region, table)
-        position = iter(range(chunk.shape[0]))
+        position = iter(range(len(chunk)))
 
         def take(count):
             return [chunk[next(position)] for _ in range(count)]

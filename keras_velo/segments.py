@@ -8,9 +8,12 @@ one tensor, each row one piece of a run. The four directions VeLO needs:
 * elements -> factored tables: a reduction within chunks (over lanes or
   rows, `reduce_sums`), then `rows_to_runs` (`[runs + 1]`) or
   `chunks_to_lane_groups` (`[lane_groups + 1, lanes]`).
-* tensors -> elements: `per_chunk` broadcasts `[K, num_tensors]` values.
+* tensors -> elements: `per_chunk` takes `[K, num_tensors]` values for each
+  chunk, which broadcast over its elements.
 * tables -> elements: `per_row` / `per_lane` take table values for each row
   / chunk, which then broadcast over lanes / rows.
+
+The three return lists of K arrays, gathered with K as the minor axis.
 
 `reduce_sums` is the one place with a backend special case: on JAX it is a
 single variadic `lax.reduce` per group of values, which XLA compiles to one
@@ -77,9 +80,13 @@ def tensor_sums(region, sums_per_chunk, num_tensors):
 
 
 def per_chunk(region, values):
-    """`[K, chunks, 1, 1]`: per-tensor values `[K, num_tensors]` for each chunk."""
-    gathered = ops.take(values, ops.convert_to_tensor(region.chunk_tensor), axis=1)
-    return gathered[:, :, None, None]
+    """`values[k]` (`[K, num_tensors]`) at each chunk: a list of K `[chunks, 1, 1]` arrays.
+
+    Gathered as one `[chunks, K]` array (chunks major: no transpose of the
+    gathered values) that the element-wise passes read with a broadcast.
+    """
+    gathered = ops.take(ops.transpose(values), ops.convert_to_tensor(region.chunk_tensor), axis=0)
+    return [gathered[:, k][:, None, None] for k in range(values.shape[0])]
 
 
 def rows_to_runs(region, index, row_sums):
@@ -117,10 +124,12 @@ def table_tensor_sums(tensor_of_entry, values, num_tensors):
 
 
 def per_row(values, index):
-    """`[K, chunks, rows, 1]`: per-run values `[K, runs + 1]` at each row."""
-    return ops.take(values, index.run, axis=1)[..., None]
+    """`values[k]` (`[K, runs + 1]`) at each row: a list of K `[chunks, rows, 1]` arrays."""
+    gathered = ops.take(ops.transpose(values), index.run, axis=0)  # [chunks, rows, K]
+    return [gathered[:, :, k][:, :, None] for k in range(values.shape[0])]
 
 
 def per_lane(values, index):
-    """`[K, chunks, 1, lanes]`: per-lane-group values `[K, lane_groups + 1, lanes]` at each chunk."""
-    return ops.take(values, index.lane_group, axis=1)[:, :, None, :]
+    """`values[k]` (`[K, lane_groups + 1, lanes]`) at each chunk: K `[chunks, 1, lanes]` arrays."""
+    gathered = ops.take(ops.transpose(values, (1, 0, 2)), index.lane_group, axis=0)
+    return [gathered[:, k, :][:, None, :] for k in range(values.shape[0])]
