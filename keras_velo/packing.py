@@ -411,20 +411,29 @@ def pack_region(region, tensors):
     return ops.reshape(flat, region.shape)
 
 
-def pack(layout, tensors):
+def pack(layout, tensors, always_true=None):
     """`(factored, diagonal)` buffers holding `tensors` (any float dtype) as float32.
 
-    An empty region's buffer is None.
+    An empty region's buffer is None. With `always_true` (see
+    `materialize`), each buffer is computed once, so later passes read it
+    instead of redoing the packing's transposes.
     """
     tensors = list(tensors)
     if len(tensors) != layout.num_tensors:
         raise ValueError(
             f"Expected {layout.num_tensors} tensors for this layout, got {len(tensors)}."
         )
-    return tuple(
-        None if region.empty else pack_region(region, tensors)
-        for region in (layout.factored, layout.diagonal)
-    )
+    buffers = []
+    for region in (layout.factored, layout.diagonal):
+        if region.empty:
+            buffers.append(None)
+        elif always_true is None:
+            buffers.append(pack_region(region, tensors))
+        else:
+            buffers.append(materialize(
+                lambda region=region: pack_region(region, tensors), region.shape, always_true
+            ))
+    return tuple(buffers)
 
 
 def unpack(layout, factored, diagonal, dtypes=None):
@@ -492,19 +501,20 @@ class ChunkIndex:
         return ops.cast(valid, "float32")
 
 
-def materialize(x, always_true):
-    """`x`, computed once into a buffer of its own (XLA backends).
+def materialize(compute, shape, always_true):
+    """`compute()` (a float32 array of `shape`), computed once into a buffer of its own.
 
     XLA on CPU fuses an element-wise computation into *every* consumer that
     can take it: VeLO's step feeds its sums of squares and the slices that
     unpack each tensor, so the whole per-parameter MLP would be compiled
-    once per tensor and run several times. A consumer XLA cannot fuse into,
-    a conditional, stops that. `always_true` is a traced boolean that holds
+    once per tensor and run several times; a packed buffer would be
+    re-transposed in every pass. A consumer XLA cannot fuse into, a
+    conditional, stops that: `compute` runs in its taken branch and writes
+    straight into its result. `always_true` is a traced boolean that holds
     (e.g. `iteration >= 0`); XLA cannot see that it does, so it keeps the
     conditional. (`jax.lax.optimization_barrier` is removed before fusion
-    on CPU.)
+    on CPU.) Other backends just call `compute`.
     """
     if keras.backend.backend() not in ("jax", "tensorflow"):
-        return x
-    # Two identical branches would be folded away by JAX.
-    return ops.cond(always_true, lambda: x, lambda: ops.zeros_like(x))
+        return compute()
+    return ops.cond(always_true, compute, lambda: ops.zeros(shape, "float32"))

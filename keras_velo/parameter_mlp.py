@@ -68,19 +68,17 @@ EXP_MULT = 0.001
 STEP_MULT = 0.001
 NUM_OUTPUTS_USED = 2  # direction and magnitude
 
-# Passes over the elements for the 6 centred sums followed by the channel
-# squares (see `segments.reduce_sums`): each group of squares using
-# `1 / (rms + 1e-6)` or a diagonal moment's reciprocal stays in one pass.
+# Passes over the elements for the channel squares (see `segments.reduce_sums`):
+# the squares sharing `1 / (rms + 1e-6)` or a diagonal moment's reciprocal
+# stay in one pass.
 FACTORED_SQUARE_GROUPS = (
-    (0, 1, 2, 3, 4, 5, 6 + 2, 6 + 6),            # centred, p², rms²
-    (6 + 0, 6 + 1, 6 + 3, 6 + 4, 6 + 5, 6 + 11, 6 + 12, 6 + 13),  # g², clip², m², fac_g²
-    (6 + 7, 6 + 8, 6 + 9, 6 + 10, 6 + 14, 6 + 15, 6 + 16, 6 + 17),  # 1/(rms+eps) terms, fac_m²
+    (0, 1, 2, 3, 4, 5, 6, 11, 12, 13),  # g², clip², p², m², rms², fac_g²
+    (7, 8, 9, 10, 14, 15, 16, 17),  # the 1/(rms + eps) terms, fac_m²
 )
 DIAGONAL_SQUARE_GROUPS = (
-    (0, 1, 2, 3, 4, 5, 6 + 2, 6 + 6),
-    (6 + 0, 6 + 1, 6 + 3, 6 + 4, 6 + 5, 6 + 15, 6 + 16, 6 + 17),  # g², clip², m², v²
-    (6 + 7, 6 + 8, 6 + 9, 6 + 10, 6 + 14),  # 1/(rms+eps) terms
-    (6 + 11, 6 + 12, 6 + 13, 6 + 18, 6 + 19, 6 + 20, 6 + 21, 6 + 22, 6 + 23),  # 1/v terms
+    (0, 1, 2, 3, 4, 5, 6, 15, 16, 17),  # g², clip², p², m², rms², v²
+    (7, 8, 9, 10, 14),  # the 1/(rms + eps) terms
+    (11, 12, 13, 18, 19, 20, 21, 22, 23),  # the 1/v terms
 )
 
 # Which of the 30 channels each computed array is, per kind of tensor.

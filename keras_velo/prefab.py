@@ -132,7 +132,9 @@ def prefab_update(
     layout = packed_layout(_all_shapes(params, grads))
     state, params, grads, accumulation = to_tensors((state, params, grads, accumulation))
     dtypes = [None if p is None else keras.backend.standardize_dtype(p.dtype) for p in params]
-    packed_params, packed_grads = pack(layout, params), pack(layout, grads)
+    always_true = state.iteration >= 0  # see `packing.materialize`
+    packed_params = pack(layout, params, always_true)
+    packed_grads = pack(layout, grads, always_true)
     loss = ops.cast(loss, "float32")
     if weight_decays is not None and any(wd != 0.0 for wd in weight_decays):
         if active is not None:

@@ -3,13 +3,15 @@
 `RegionStep` holds a region's old accumulators, parameters and clipped
 gradients, and computes, in the order `update.packed_update` calls them:
 
-1. `mean_sums`: per-tensor sums of p², m_k and rms (old values), spec §5.4;
-2. `update_accumulators`: new momenta, rms and second moments (§5.6), and
-   the MLP's input channels (§5.8);
-3. `centred_and_channel_sums`: the centred sums of the LSTM features and
-   the channels' sums of squares (the MLP normalisers, §5.9);
-4. `direction_and_magnitude` / `new_params`: the per-parameter MLP and the
-   step (§5.9-§5.10).
+1. `first_pass`: per-tensor sums of p², m_k and rms (old values, spec
+   §5.4), the row and column sums of g² (§5.6), gradient finiteness;
+2. `centred_sums`: the centred sums of the LSTM features (old values);
+3. `update_accumulators`: new momenta, rms and second moments (§5.6),
+   which may overwrite the old ones from here on;
+4. `channel_sums`: the MLP's input channels' sums of squares (its
+   normalisers, §5.8-§5.9);
+5. `direction_and_magnitude` / `step`: the per-parameter MLP and the step
+   (§5.9-§5.10).
 
 Factored regions keep their row/column statistics in the run and lane-group
 tables; the table channels join the first layer as per-row and per-lane
@@ -72,15 +74,17 @@ class RegionStep:
         params: its packed parameters, `[chunks, rows, lanes]` float32.
         grads: its packed gradients (clipped here to [-1000, 1000]).
         always_true: a traced true boolean (`packing.materialize`).
+
+    Pack params and gradients with `pack(..., always_true)` so that each
+    pass reads the packed buffers rather than redoing the packing.
     """
 
     def __init__(self, region, accumulators, params, grads, always_true):
         self.region = region
         self.old = accumulators
-        # Packing transposes and pads; done once, not in every pass.
-        self.params = materialize(params, always_true)
-        self.raw_grads = materialize(grads, always_true)
-        self.grads = clip_gradient(self.raw_grads)
+        self.params = params
+        self.raw_grads = grads
+        self.grads = clip_gradient(grads)
         self.always_true = always_true
         self.index = ChunkIndex(region)
         self.valid = self.index.valid()
@@ -111,24 +115,48 @@ class RegionStep:
         self.gradients_finite = ops.all(ops.isfinite(poison_sum))
         return segments.tensor_sums(self.region, per_chunk, num_tensors)
 
-    def update_accumulators(self):
-        """New momenta, rms and second moments, and the Adafactor factors (after `first_pass`).
+    def centred_sums(self, mean_momentum, num_tensors):
+        """Pass 2a: `[N, 6]` centred sums of the old momenta and rms (LSTM features).
 
-        Sets `momentum`, `rms`, and either `diag_moment` or `row_moment`,
-        `col_moment`, `row_factor`, `col_factor` (tables).
+        `mean_momentum` is `[N, 3]`, each tensor's mean old momentum. Taken
+        before the accumulators are updated, so that the new ones can
+        overwrite the old in place.
+        """
+        mean_momentum = segments.per_chunk(self.region, ops.transpose(mean_momentum))
+        centred = [
+            v * self.valid for v in centred_values(self.old.momentum, self.old.rms, mean_momentum)
+        ]
+        return segments.tensor_sums(self.region, segments.chunk_sums(centred), num_tensors)
+
+    def update_accumulators(self, keep_old=None):
+        """New momenta, rms and second moments, and the Adafactor factors (after pass 1).
+
+        With `keep_old` (a traced boolean), the old accumulators are kept
+        where it is true: the guard against non-finite gradients, decided
+        before the update so that the new values can be written over the
+        old ones. Sets `momentum`, `rms`, and either `diag_moment` or
+        `row_moment`, `col_moment`, `row_factor`, `col_factor` (tables).
         """
         region = self.region
-        self.momentum, self.rms = update_momenta(self.old.momentum, self.old.rms, self.grads)
+        guard = (lambda new, old: new) if keep_old is None else (  # noqa: E731
+            lambda new, old: ops.where(keep_old, old, new)
+        )
+        momentum, rms = update_momenta(self.old.momentum, self.old.rms, self.grads)
+        self.momentum = guard(momentum, self.old.momentum)
+        self.rms = guard(rms, self.old.rms)
         if not region.factored:
-            self.diag_moment = update_second_moment(
-                self.old.diag_moment, squared_gradient(self.grads)
-            )
+            diag = update_second_moment(self.old.diag_moment, squared_gradient(self.grads))
+            self.diag_moment = guard(diag, self.old.diag_moment)
             return
         run_length = ops.convert_to_tensor(region.run_length.astype(np.float32))
         width = ops.convert_to_tensor(region.lane_group_width.astype(np.float32))
-        self.row_moment = update_second_moment(self.old.row_moment, self.run_squares / run_length)
-        self.col_moment = update_second_moment(
-            self.old.col_moment, self.lane_squares / width[:, None]
+        self.row_moment = guard(
+            update_second_moment(self.old.row_moment, self.run_squares / run_length),
+            self.old.row_moment,
+        )
+        self.col_moment = guard(
+            update_second_moment(self.old.col_moment, self.lane_squares / width[:, None]),
+            self.old.col_moment,
         )
         group_width = ops.convert_to_tensor(region.run_group_width.astype(np.float32))
         row_mean = segments.run_group_sums(region, self.row_moment) / group_width
@@ -155,19 +183,14 @@ class RegionStep:
             segments.per_lane(self.col_factor, self.index),
         )
 
-    def centred_and_channel_sums(self, mean_momentum, num_tensors):
-        """Pass 2: `([N, 6], [N, 30])`, centred sums (LSTM features) and channel square sums.
+    def channel_sums(self, num_tensors):
+        """Pass 2b: `[N, 30]` sums of squares of the MLP's input channels (its normalisers).
 
-        `mean_momentum` is `[N, 3]`, each tensor's mean old momentum. The
-        squares are computed from the materialised inputs and state, not
-        from the MLP's channels, so that the two passes share no
-        intermediate value XLA would have to store.
+        The squares are computed from the inputs and the new state, not from
+        the MLP's channels, so that the two passes share no intermediate
+        value XLA would have to store.
         """
         region = self.region
-        mean_momentum = segments.per_chunk(region, ops.transpose(mean_momentum))
-        centred = [
-            v * self.valid for v in centred_values(self.old.momentum, self.old.rms, mean_momentum)
-        ]
         if region.factored:
             squares = factored_channel_squares(
                 self.params, self.grads, self.momentum, self.rms,
@@ -180,13 +203,11 @@ class RegionStep:
                 self.params, self.grads, self.momentum, self.rms, self.diag_moment, self.valid
             )
         groups = FACTORED_SQUARE_GROUPS if region.factored else DIAGONAL_SQUARE_GROUPS
-        sums = segments.tensor_sums(
-            region, segments.chunk_sums(centred + squares, groups), num_tensors
-        )
-        channel_sums = scatter_columns(sums[:, 6:], self.channel_map)
+        sums = segments.tensor_sums(region, segments.chunk_sums(squares, groups), num_tensors)
+        channel_sums = scatter_columns(sums, self.channel_map)
         if region.factored:
             channel_sums = channel_sums + self._table_channel_sums(num_tensors)
-        return sums[:, :6], channel_sums
+        return channel_sums
 
     def _table_channel_sums(self, num_tensors):
         region = self.region
@@ -241,10 +262,12 @@ class RegionStep:
         (`packing.materialize`), its sums of squares tell how far each
         tensor moved and whether the step is finite.
         """
-        direction, magnitude = self.direction_and_magnitude(first_layer, weights)
-        scales = segments.per_chunk(self.region, ops.stack([lr_mult, param_scale]))
-        step = parameter_step(direction, magnitude, scales[1], scales[0]) * step_scale
-        step = materialize(step, self.always_true)
+        def compute():
+            direction, magnitude = self.direction_and_magnitude(first_layer, weights)
+            scales = segments.per_chunk(self.region, ops.stack([lr_mult, param_scale]))
+            return parameter_step(direction, magnitude, scales[1], scales[0]) * step_scale
+
+        step = materialize(compute, self.region.shape, self.always_true)
         step_squares = segments.tensor_sums(
             self.region, segments.chunk_sums([ops.square(step)]), first_layer.shape[0]
         )[:, 0]

@@ -48,7 +48,6 @@ from keras_velo.loss_features import init_loss_buffer, loss_features, update_los
 from keras_velo.packing import LANES, pack, packed_layout, unpack
 from keras_velo.parameter_mlp import LANE_TABLE_CHANNELS, NUM_CHANNELS, ROW_TABLE_CHANNELS, normalizers
 from keras_velo.region_step import RegionStep
-from keras_velo.structured_cond import structured_cond
 from keras_velo.tensor_features import (
     element_means,
     fraction_features,
@@ -195,19 +194,34 @@ def region_steps(layout, state, params, grads):
     ]
 
 
-def tensor_statistics(layout, regions):
-    """Passes 1 and 2 over `regions`; also updates their accumulators. `TensorStatistics`."""
+def tensor_statistics(layout, regions, loss=None):
+    """Passes 1 and 2 over `regions`, updating their accumulators; `TensorStatistics`.
+
+    With `loss`, the accumulators keep their old values unless the loss and
+    every gradient are finite (`RegionStep.update_accumulators`); the
+    finiteness of the inputs is the fourth value returned.
+    """
     num_tensors = layout.num_tensors
     sizes = ops.convert_to_tensor(static_counts(layout)[0])
     mean_sums = sum(r.first_pass(num_tensors) for r in regions)
     _, mean_momentum, _ = element_means(mean_sums, sizes)
+    centred_sums = sum(r.centred_sums(mean_momentum, num_tensors) for r in regions)
+    inputs_finite = None
+    if loss is not None:
+        # Also asks that the statistics of the old state be finite: besides
+        # guarding against a corrupted state, the dependence orders the
+        # in-place update after the passes that read the old values (XLA
+        # would copy them otherwise).
+        inputs_finite = ops.all(ops.isfinite(ops.concatenate(
+            [ops.reshape(loss, (1,)), ops.reshape(centred_sums, (-1,)),
+             ops.reshape(mean_sums, (-1,))]
+        )))
+        for r in regions:
+            inputs_finite = ops.logical_and(inputs_finite, r.gradients_finite)
     for r in regions:
-        r.update_accumulators()
-    centred_sums, channel_sums = 0.0, 0.0
-    for r in regions:
-        centred, channels = r.centred_and_channel_sums(mean_momentum, num_tensors)
-        centred_sums, channel_sums = centred_sums + centred, channel_sums + channels
-    return TensorStatistics(mean_sums, centred_sums, channel_sums)
+        r.update_accumulators(None if loss is None else ops.logical_not(inputs_finite))
+    channel_sums = sum(r.channel_sums(num_tensors) for r in regions)
+    return TensorStatistics(mean_sums, centred_sums, channel_sums), inputs_finite
 
 
 def packed_update(theta, state, layout, params, grads, loss, step_scale=1.0,
@@ -222,8 +236,10 @@ def packed_update(theta, state, layout, params, grads, loss, step_scale=1.0,
             left out of the cross-tensor max, as if they were not there.
         skip_non_finite: if the loss, a gradient or a step is NaN or
             infinite, return params and state unchanged (`diagnostics.skipped`).
-            Not in the reference; the state is then written inside a
-            conditional, which also spares XLA storing the new momenta twice.
+            Not in the reference. Only if the loss and gradients are finite
+            but a step is not (e.g. a theta or learning rate that is not) do
+            the accumulators advance: they depend only on the gradients, and
+            deciding before the update lets the new ones overwrite the old.
     """
     theta, state = to_tensors((theta, state))
     rnn_params = theta["rnn_params"]
@@ -239,7 +255,9 @@ def packed_update(theta, state, layout, params, grads, loss, step_scale=1.0,
         fraction = ops.cast(fraction_trained, "float32")
 
     regions = region_steps(layout, state, params, grads)
-    statistics = tensor_statistics(layout, regions)
+    statistics, inputs_finite = tensor_statistics(
+        layout, regions, loss if skip_non_finite else None
+    )
     mean_square, _, _ = element_means(statistics.mean_sums, sizes)
     mean_sums, centred_sums, channel_sums = statistics
 
@@ -270,39 +288,52 @@ def packed_update(theta, state, layout, params, grads, loss, step_scale=1.0,
     for r in regions[1:]:
         gradients_finite = ops.logical_and(gradients_finite, r.gradients_finite)
 
-    def updated_state():
-        accumulators = {r.region.factored: r.updated_accumulators() for r in regions}
-        new_state = VeLOState(
-            iteration=state.iteration + 1,
-            num_steps=state.num_steps,
-            loss_buffer=buffer,
-            factored=accumulators.get(True),
-            diagonal=accumulators.get(False),
-            lstm_hidden=hidden,
-            lstm_cell=cell,
-        )
-        return new_state if mask is None else keep_inactive(layout, mask, new_state, state)
-
+    accumulators = {r.region.factored: r.updated_accumulators() for r in regions}
+    new_state = VeLOState(
+        iteration=state.iteration + 1,
+        num_steps=state.num_steps,
+        loss_buffer=buffer,
+        factored=accumulators.get(True),
+        diagonal=accumulators.get(False),
+        lstm_hidden=hidden,
+        lstm_cell=cell,
+    )
+    if mask is not None:
+        new_state = keep_inactive(layout, mask, new_state, state)
     new_params = [None, None]
+    for r, step in zip(regions, steps):
+        p = r.params
+        new_params[0 if r.region.factored else 1] = p + ((p - step) - p)
+    skipped = ops.convert_to_tensor(False)
     if skip_non_finite:
-        finite = ops.all(ops.isfinite(ops.concatenate([loss[None], step_squares])))
-        finite = ops.logical_and(finite, gradients_finite)
-        new_state = structured_cond(finite, updated_state, lambda: state)
-        for r, step in zip(regions, steps):
-            p = r.params
-            new_params[0 if r.region.factored else 1] = ops.where(finite, p + ((p - step) - p), p)
+        # The accumulators were already kept if the loss or a gradient was
+        # not finite; a non-finite step also keeps the rest.
+        finite = ops.logical_and(inputs_finite, ops.all(ops.isfinite(step_squares)))
+        keep = lambda new, old: ops.where(finite, new, old)  # noqa: E731
+        new_params = [
+            None if new is None else keep(new, old)
+            for new, old in zip(new_params, _packed_params(regions))
+        ]
+        new_state = new_state._replace(
+            iteration=keep(new_state.iteration, state.iteration),
+            loss_buffer=keras.tree.map_structure(keep, new_state.loss_buffer, state.loss_buffer),
+            lstm_hidden=keep(new_state.lstm_hidden, state.lstm_hidden),
+            lstm_cell=keep(new_state.lstm_cell, state.lstm_cell),
+        )
         skipped = ops.logical_not(finite)
-    else:
-        new_state = updated_state()
-        for r, step in zip(regions, steps):
-            p = r.params
-            new_params[0 if r.region.factored else 1] = p + ((p - step) - p)
-        skipped = ops.convert_to_tensor(False)
     diagnostics = StepDiagnostics(
         fraction, loss_feats, lr_mult, skipped=skipped,
         step_rms=ops.sqrt(step_squares / sizes), gradients_finite=gradients_finite,
     )
     return tuple(new_params), new_state, diagnostics
+
+
+def _packed_params(regions):
+    """`[factored, diagonal]` packed params of the regions (None for an empty one)."""
+    params = [None, None]
+    for r in regions:
+        params[0 if r.region.factored else 1] = r.params
+    return params
 
 
 def keep_inactive(layout, active, new_state, old_state):
@@ -361,10 +392,11 @@ def velo_update(theta, state, params, grads, loss, step_scale=1.0, fraction_trai
     """
     params, grads = list(params), list(grads)
     layout = packed_layout([tuple(p.shape) for p in params])
-    params, grads = to_tensors((params, grads))
+    state, params, grads = to_tensors((state, params, grads))
+    always_true = state.iteration >= 0
     new_packed, new_state, diagnostics = packed_update(
-        theta, state, layout, pack(layout, params), pack(layout, grads), loss,
-        step_scale, fraction_trained,
+        theta, state, layout, pack(layout, params, always_true),
+        pack(layout, grads, always_true), loss, step_scale, fraction_trained,
     )
     dtypes = [keras.backend.standardize_dtype(p.dtype) for p in params]
     return unpack(layout, *new_packed, dtypes), new_state, diagnostics

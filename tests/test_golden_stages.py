@@ -128,7 +128,8 @@ class Stage:
         params = pack(self.layout, [ops.convert_to_tensor(self.param(k)) for k in self.keys])
         grads = pack(self.layout, [ops.convert_to_tensor(self.grad(k)) for k in self.keys])
         regions = region_steps(self.layout, self.packed_state(), params, grads)
-        return regions, tensor_statistics(self.layout, regions)
+        statistics, _ = tensor_statistics(self.layout, regions)
+        return regions, statistics
 
     def per_tensor(self, region_values):
         """Per-tensor numpy arrays from `{is_factored: packed array}` (None where absent)."""
