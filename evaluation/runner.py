@@ -61,7 +61,7 @@ def _write(log, record):
 
 
 def _train(workload, submission, trial, log, on_step):
-    from keras_velo.integration import find_velo
+    from keras_velo import find_velo
     from task_families import build_task
     from task_families.cost import compile_for_training
 

@@ -5,7 +5,7 @@ from keras_velo.callbacks import VeLOMonitor
 from keras_velo.checkpoint import read_checkpoint, write_checkpoint
 from keras_velo.health import NonFiniteTrainingError
 from keras_velo.integration import attach
-from keras_velo.optimizer import VeLO
+from keras_velo.optimizer import VeLO, find_velo
 from keras_velo.prefab import plan_horizon, prefab_update
 from keras_velo.pretrained import (
     PUBLISHED_WEIGHTS,
@@ -21,6 +21,7 @@ __all__ = [
     "VeLOMonitor",
     "attach",
     "callbacks",
+    "find_velo",
     "CheckpointError",
     "PUBLISHED_WEIGHTS",
     "StepDiagnostics",

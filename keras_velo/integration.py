@@ -34,17 +34,8 @@ import types
 
 import keras
 
-from keras_velo.optimizer import VeLO
-
-# Keys the train step adds to its logs for the guard callback (removed there).
-LOG_PREFIX = "_velo/"
-
-
-def find_velo(optimizer):
-    """The `VeLO` instance inside `optimizer` (itself or a wrapper's inner one)."""
-    while optimizer is not None and not isinstance(optimizer, VeLO):
-        optimizer = getattr(optimizer, "inner_optimizer", None)
-    return optimizer
+from keras_velo.callbacks import LOG_PREFIX, VeLOTrainingGuard
+from keras_velo.optimizer import find_velo
 
 
 def attach(model):
@@ -155,8 +146,6 @@ def _guarded_fit(keras_fit):
     signature = inspect.signature(keras_fit)
 
     def fit(self, *args, **kwargs):
-        from keras_velo.callbacks import VeLOTrainingGuard
-
         bound = signature.bind(self, *args, **kwargs)
         callbacks = list(bound.arguments.get("callbacks") or [])
         if not any(isinstance(c, VeLOTrainingGuard) for c in callbacks):

@@ -48,6 +48,13 @@ def _is_concrete(value):
     return True
 
 
+def find_velo(optimizer):
+    """The `VeLO` instance inside `optimizer` (itself or a wrapper's inner one), or None."""
+    while optimizer is not None and not isinstance(optimizer, VeLO):
+        optimizer = getattr(optimizer, "inner_optimizer", None)
+    return optimizer
+
+
 class SavedWeights:
     """The `weights=` a restored VeLO is built with (`VeLO.from_config`).
 

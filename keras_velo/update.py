@@ -1,23 +1,26 @@
 """One VeLO update as a pure function of (theta, state, params, grads, loss).
 
-Spec: `shared/spec/velo_reference.md` §4 (order of operations). This is the
-function the Keras optimizer, meta-training and the tests all call; theta
-is an argument so that evolution strategies can perturb it (it works under
+Spec: `shared/spec/velo_reference.md` §4 (order of operations). The Keras
+optimizer (through `prefab.py`) and the tests call these functions; theta
+is an argument, so evolution strategies can perturb it (they work under
 `jax.jit` and `jax.vmap` over thetas).
 
 All tensors are updated together in the packed layout of
 `keras_velo.packing`, so the traced program has the same size whatever the
-number of tensors (beyond one reshape per tensor to pack and unpack). Three
-passes go over the parameters:
+number of tensors (beyond a few reshapes per tensor to pack and unpack).
+The passes over the parameters (`region_step.RegionStep`):
 
-1. sums per tensor of p², m, rms (old values), and the factored second
-   moments' row and column sums of g²;
-2. centred sums for the LSTM features and the mean squares of the MLP's
-   input channels (its normalisers);
-3. the per-parameter MLP, the step, and the new momenta and rms;
+1. sums per tensor of p², m, rms (old values), the factored second
+   moments' row and column sums of g², gradient finiteness;
+2. centred sums of the old momenta and rms (LSTM features), then the new
+   accumulators (which may overwrite the old in place), then the mean
+   squares of the MLP's input channels (its normalisers);
+3. the per-parameter MLP and the step;
 
 with the loss features, the LSTM hypernetwork and the weight mixing, which
-are per tensor, in between.
+are per tensor, in between. VeLO's state is float32 whatever the
+parameters' dtype (the reference keeps it in the parameters' dtype: the
+same for float32 parameters).
 
 Example (any backend; arrays may be numpy, they are converted):
 

@@ -24,7 +24,7 @@ def estimate_step_seconds(config):
 
 def compile_for_training(task, optimizer, jit_compile="auto"):
     """`task.model.compile` with the task's loss and metrics; VeLO is attached so it receives the loss."""
-    from keras_velo.integration import attach, find_velo
+    from keras_velo import attach, find_velo
 
     task.model.compile(optimizer=optimizer, loss=task.loss, metrics=task.metrics, jit_compile=jit_compile)
     if find_velo(optimizer) is not None:
