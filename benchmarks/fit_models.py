@@ -135,6 +135,22 @@ def measure(name, optimizer_name, batch_size, steps):
     }
 
 
+def own_peak_rss_gb():
+    """This process's peak RSS in GB.
+
+    `VmHWM` from /proc: `getrusage`'s `ru_maxrss` is carried over `fork` and
+    `exec` on Linux, so a child would report at least its parent's peak.
+    """
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1e6  # kB -> GB
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
+
+
 def peak_rss_child(backend, name, optimizer_name, batch_size, steps):
     """Peak RSS (GB) of a fresh process running `measure` (its own high-water mark)."""
     command = [sys.executable, __file__, "--child-memory", name, optimizer_name,
@@ -239,8 +255,7 @@ def main(argv=None):
 
     if args.child_memory:
         measure(*args.child_memory, args.batch_size, args.steps)
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6  # KB -> GB
-        print(json.dumps({"peak_rss_gb": peak}))
+        print(json.dumps({"peak_rss_gb": own_peak_rss_gb()}))
         return
     if args.all_backends:
         rows = []

@@ -10,6 +10,9 @@
 
 import warnings
 
+import keras
+from keras import ops
+
 SKIP_ADVICE = (
     "Check the data and the model for NaN/inf (e.g. log(0), division by zero, "
     "an exploding loss), try mixed precision off or loss scaling on, clip "
@@ -57,3 +60,26 @@ def check_horizon(optimizer, velo_iteration):
         RuntimeWarning,
         stacklevel=3,
     )
+
+
+def _is_concrete(value):
+    """True outside tracing (eager TF/torch/JAX), where values can be read."""
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        return tf.executing_eagerly()
+    if backend == "jax":
+        import jax
+
+        return not isinstance(value, jax.core.Tracer)
+    return True
+
+
+def check_health_if_eager(optimizer, variables):
+    """`check_skips` and `check_horizon` on `optimizer.health_variables()`, outside tracing."""
+    if not _is_concrete(variables["consecutive_skips"].value):
+        return
+    value = lambda name: int(ops.convert_to_numpy(variables[name].value))  # noqa: E731
+    check_skips(value("consecutive_skips"), value("skipped_steps"), optimizer.max_consecutive_skips)
+    check_horizon(optimizer, value("iteration"))

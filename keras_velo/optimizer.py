@@ -12,7 +12,7 @@ import keras
 from keras import ops
 
 from keras_velo import arguments
-from keras_velo.health import check_horizon, check_skips
+from keras_velo.health import check_health_if_eager
 from keras_velo.loss_features import loss_ema_decays
 from keras_velo.packing import packed_layout
 from keras_velo.prefab import DEFAULT_MAX_TRAINING_STEPS, plan_horizon, prefab_update
@@ -32,20 +32,6 @@ MISSING_LOSS_MESSAGE = (
     "`keras_velo.attach(model)` after `model.compile(...)` (and again after "
     "`keras.saving.load_model`)."
 )
-
-
-def _is_concrete(value):
-    """True outside tracing (eager TF/torch/JAX), where values can be read."""
-    backend = keras.backend.backend()
-    if backend == "tensorflow":
-        import tensorflow as tf
-
-        return tf.executing_eagerly()
-    if backend == "jax":
-        import jax
-
-        return not isinstance(value, jax.core.Tracer)
-    return True
 
 
 def find_velo(optimizer):
@@ -283,14 +269,8 @@ class VeLO(keras.optimizers.Optimizer):
         Compiled training loops (fit) are watched by `keras_velo.attach`'s
         callback instead, from the values the train step logs.
         """
-        if not self.built or not _is_concrete(self._velo.consecutive_skips.value):
-            return
-        check_skips(
-            int(ops.convert_to_numpy(self._velo.consecutive_skips.value)),
-            int(ops.convert_to_numpy(self._velo.skipped_steps.value)),
-            self.max_consecutive_skips,
-        )
-        check_horizon(self, int(ops.convert_to_numpy(self._velo.state.iteration.value)))
+        if self.built:
+            check_health_if_eager(self, self.health_variables())
 
     def _get_optimizer_variable_index(self, variable):
         for i, v in enumerate(self.variables):
