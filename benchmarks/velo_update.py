@@ -12,7 +12,10 @@ gradients, in the same process. Cases:
   (3,8) (1,10) (64,32) (3,3,2,4) (4,4)` (random float32 values);
 * `tensor1024`: one 1024x1024 float32 tensor;
 * `mlp`: the kernels and biases of a built ~1M-parameter Keras MLP,
-  `Dense 784 -> 1024 -> 256 -> 10` (1,068,810 parameters).
+  `Dense 784 -> 1024 -> 256 -> 10` (1,068,810 parameters);
+* `mobilenetv2`: the 158 trainable tensors of `keras.applications.MobileNetV2`
+  (`weights=None`, 32x32x3 input, 10 classes; 2,236,682 parameters), many
+  distinct shapes.
 
 For each case the script also reports optimizer-state bytes per model
 parameter (sizes of `optimizer.variables` after `build`): for VeLO split into
@@ -68,11 +71,12 @@ import sys
 import tempfile
 import time
 
-CASES = ("golden", "tensor1024", "mlp")
+CASES = ("golden", "tensor1024", "mlp", "mobilenetv2")
 CASE_LABELS = {
     "golden": "golden 10-tensor tree",
     "tensor1024": "one 1024x1024 tensor",
     "mlp": "MLP 784-1024-256-10",
+    "mobilenetv2": "MobileNetV2 32x32, 158 tensors",
 }
 GOLDEN_SHAPES = [
     (),
@@ -122,6 +126,12 @@ def make_variables(case, seed=0):
                 keras.layers.Dense(256, activation="relu"),
                 keras.layers.Dense(10),
             ]
+        )
+        return list(model.trainable_variables)
+    if case == "mobilenetv2":
+        keras.utils.set_random_seed(seed)
+        model = keras.applications.MobileNetV2(
+            weights=None, input_shape=(32, 32, 3), classes=10
         )
         return list(model.trainable_variables)
     raise ValueError(f"unknown case {case!r}; choose from {CASES}")
