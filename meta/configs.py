@@ -1,0 +1,118 @@
+"""Named meta-training presets (`python -m meta.train --config NAME`).
+
+* `smoke`: a minutes-long end-to-end check on 2 CPU cores (tiny image MLPs,
+  2 members, 3 iterations). For CI; its theta is not meant to be used.
+* `cpu`: this project's machine (2 cores, no GPU): all seven families within
+  a small FLOP budget, BatchNorm ResNets included, Persistent ES with
+  truncations of 50 steps over horizons of 100-1,000 steps, 8 members.
+  Tasks come from a pool of 16 configs per family so that compiled steps
+  are reused. Resumable; run it for as long as you can.
+* `gpu`: a GPU machine or a Ray cluster: Celo's settings (PES, truncation
+  50, perturbation 0.01, horizons 100-2,000, Adam 3e-4), 64 members,
+  larger tasks, and the reference's parameter-scale augmentation.
+"""
+
+import dataclasses
+
+from meta.task_distribution import TaskDistribution
+
+ALL_FAMILIES = ("image_mlp", "image_cnn", "resnet", "transformer_lm", "rnn_lm", "autoencoder", "vae")
+
+
+@dataclasses.dataclass(frozen=True)
+class MetaTrainingConfig:
+    """Everything that defines a meta-training run (saved with it; `--resume` checks it).
+
+    Attributes:
+        name: the preset's name.
+        distribution: what members train (`TaskDistribution`).
+        estimator: "pes" (Persistent ES over truncations) or "es" (full-unroll
+            antithetic ES).
+        members: antithetic pairs per iteration.
+        truncation: steps per PES truncation (ignored by "es").
+        sigma: perturbation standard deviation.
+        shaping: "none", "sign" (VeLO's sign of the difference) or
+            "centered_ranks" (`meta.estimators.pair_weights`).
+        learning_rate: Adam's learning rate on theta.
+        clip_norm: global-norm clipping of the estimated gradient.
+        max_loss_ratio: the normalised loss of a diverged step.
+        iterations: meta-iterations of a run (`--iterations` overrides).
+        workers: Ray workers (`--workers` overrides).
+        checkpoint_every: iterations between checkpoints (and plots).
+        seed: the run's seed.
+    """
+
+    name: str
+    distribution: TaskDistribution
+    estimator: str = "pes"
+    members: int = 8
+    truncation: int = 50
+    sigma: float = 0.01
+    shaping: str = "none"
+    learning_rate: float = 3e-4
+    clip_norm: float = 1.0
+    max_loss_ratio: float = 1.5
+    iterations: int = 1000
+    workers: int = 2
+    checkpoint_every: int = 5
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.estimator not in ("pes", "es"):
+            raise ValueError(f"estimator must be 'pes' or 'es', got {self.estimator!r}.")
+        if self.shaping not in ("none", "sign", "centered_ranks"):
+            raise ValueError(f"shaping must be 'none', 'sign' or 'centered_ranks', got {self.shaping!r}.")
+        for name in ("members", "truncation", "iterations", "checkpoint_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}.")
+        if self.workers < 0:
+            raise ValueError(f"workers must be >= 0 (0 = no Ray), got {self.workers!r}.")
+        if not self.sigma > 0:
+            raise ValueError(f"sigma must be > 0, got {self.sigma!r}.")
+
+    @property
+    def unroll_truncation(self):
+        """Steps per truncation; None = whole episodes (full-unroll ES)."""
+        return None if self.estimator == "es" else self.truncation
+
+    def to_dict(self):
+        return dataclasses.asdict(self)
+
+
+PRESETS = {
+    "smoke": MetaTrainingConfig(
+        name="smoke",
+        distribution=TaskDistribution(("image_mlp",), 2e6, 30, 30, config_pool=1),
+        members=2,
+        truncation=10,
+        learning_rate=1e-3,
+        iterations=3,
+        workers=1,
+        checkpoint_every=1,
+    ),
+    "cpu": MetaTrainingConfig(
+        name="cpu",
+        distribution=TaskDistribution(ALL_FAMILIES, 3e8, 100, 1000, (0.1, 10.0), config_pool=16),
+        members=8,
+        truncation=50,
+        learning_rate=3e-4,
+        iterations=2000,
+        workers=2,
+    ),
+    "gpu": MetaTrainingConfig(
+        name="gpu",
+        distribution=TaskDistribution(ALL_FAMILIES, 3e10, 100, 2000, (1e-3, 1e3)),
+        members=64,
+        truncation=50,
+        learning_rate=3e-4,
+        iterations=20000,
+        workers=8,
+        checkpoint_every=20,
+    ),
+}
+
+
+def get_preset(name):
+    if name not in PRESETS:
+        raise ValueError(f"Unknown meta-training config {name!r}; presets: {sorted(PRESETS)}.")
+    return PRESETS[name]

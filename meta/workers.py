@@ -1,0 +1,129 @@
+"""Where the members' truncations run: in this process, or on Ray workers.
+
+Both pools take the same calls from the learner:
+
+* `run(theta_vector, iteration, members)` -> `(results, failed_members)`:
+  one truncation of every member; `results` in member order;
+* `get_particles()` / `set_particles(particles)` for checkpoints;
+* `close()`.
+
+`RayPool` is a synchronous learner's view of Ray (Moritz et al., 2018):
+`workers` actors, member m always on actor `m % workers` (its particle --
+the member's inner training state -- lives there between iterations). Each
+iteration theta goes into the object store once (`ray.put`) and every actor
+gets a reference to it and its members' ids; only the members' scalars come
+back. An actor that dies mid-iteration costs that iteration's results of
+its members, not the run: they are reported as failed, the actor is
+restarted, and their particles begin new episodes. With `address=None` Ray
+starts inside this process on this machine; otherwise it joins the cluster
+at `address` ("auto" or "host:port").
+"""
+
+import os
+
+from meta.particles import ParticleRunner
+
+
+class LocalPool:
+    """All members in this process (no Ray): for tests and debugging."""
+
+    def __init__(self, runner_arguments):
+        self.runner = ParticleRunner(*runner_arguments)
+
+    def run(self, theta_vector, iteration, members):
+        return self.runner.run(theta_vector, iteration, members), []
+
+    def get_particles(self):
+        return self.runner.get_particles()
+
+    def set_particles(self, particles):
+        self.runner.set_particles(particles)
+
+    def close(self):
+        pass
+
+
+class _ParticleActor:
+    """A Ray actor around a `ParticleRunner`."""
+
+    def __init__(self, runner_arguments):
+        os.environ.setdefault("KERAS_BACKEND", "jax")
+        self.runner = ParticleRunner(*runner_arguments)
+
+    def run(self, theta_vector, iteration, members):
+        return self.runner.run(theta_vector, iteration, members)
+
+    def get_particles(self):
+        return self.runner.get_particles()
+
+    def set_particles(self, particles):
+        self.runner.set_particles(particles)
+
+    def pid(self):
+        return os.getpid()
+
+
+class RayPool:
+    def __init__(self, runner_arguments, workers, address=None):
+        import ray
+
+        if not ray.is_initialized():
+            environment = {"env_vars": {"KERAS_BACKEND": "jax", "TF_CPP_MIN_LOG_LEVEL": "3"}}
+            if address is None:
+                ray.init(num_cpus=workers, include_dashboard=False, runtime_env=environment,
+                         log_to_driver=False, configure_logging=False)
+            else:
+                ray.init(address=address, runtime_env=environment, log_to_driver=False)
+        self._ray = ray
+        self._actor_class = ray.remote(num_cpus=1, max_restarts=0)(_ParticleActor)
+        self._arguments = runner_arguments
+        self.actors = [self._actor_class.remote(runner_arguments) for _ in range(workers)]
+
+    def _members_of(self, index, members):
+        return [m for m in members if m % len(self.actors) == index]
+
+    def run(self, theta_vector, iteration, members):
+        ray = self._ray
+        theta_ref = ray.put(theta_vector)
+        calls = {}
+        for index, actor in enumerate(self.actors):
+            own = self._members_of(index, members)
+            if own:
+                calls[index] = (own, actor.run.remote(theta_ref, iteration, own))
+        results, failed = [], []
+        for index, (own, reference) in calls.items():
+            try:
+                results.extend(ray.get(reference))
+            except (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError):
+                failed.extend(own)
+                self.actors[index] = self._actor_class.remote(self._arguments)
+        results.sort(key=lambda result: result["member"])
+        return results, sorted(failed)
+
+    def get_particles(self):
+        particles = {}
+        for values in self._ray.get([actor.get_particles.remote() for actor in self.actors]):
+            particles.update(values)
+        return particles
+
+    def set_particles(self, particles):
+        calls = []
+        for index, actor in enumerate(self.actors):
+            own = {m: p for m, p in particles.items() if m % len(self.actors) == index}
+            calls.append(actor.set_particles.remote(own))
+        self._ray.get(calls)
+
+    def worker_pids(self):
+        return self._ray.get([actor.pid.remote() for actor in self.actors])
+
+    def close(self):
+        for actor in self.actors:
+            self._ray.kill(actor)
+        self.actors = []
+
+
+def make_pool(runner_arguments, workers, address=None):
+    """`LocalPool` for `workers == 0`, else a `RayPool` of `workers` actors."""
+    if workers == 0:
+        return LocalPool(runner_arguments)
+    return RayPool(runner_arguments, workers, address)
