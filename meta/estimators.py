@@ -43,6 +43,18 @@ def perturbation(seed, iteration, member, size, sigma):
     return sigma * jax.random.normal(member_key(seed, iteration, member), (size,), jnp.float32)
 
 
+def accumulate(accumulated, eps, new_episode):
+    """A member's accumulated perturbation after this truncation's `eps` (Persistent ES).
+
+    `eps` alone when the member began a new episode (or has no history),
+    else the running sum. Full-unroll ES is the case where every truncation
+    is a new episode.
+    """
+    if new_episode or accumulated is None:
+        return eps
+    return accumulated + eps
+
+
 def centered_ranks(values):
     """Fitness shaping: each value replaced by its rank, mapped to [-0.5, 0.5].
 

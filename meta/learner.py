@@ -24,7 +24,7 @@ import time
 
 import numpy as np
 
-from meta.estimators import pair_weights, perturbation, weighted_mean
+from meta.estimators import accumulate, pair_weights, perturbation, weighted_mean
 
 
 def meta_optimizer(config):
@@ -65,10 +65,7 @@ class MetaLearner:
         for result in results:
             member = result["member"]
             eps = np.asarray(perturbation(config.seed, self.iteration, member, self.theta_size, config.sigma))
-            if result["reset"] or member not in self.accumulated:
-                self.accumulated[member] = eps
-            else:
-                self.accumulated[member] = self.accumulated[member] + eps
+            self.accumulated[member] = accumulate(self.accumulated.get(member), eps, result["reset"])
             vectors.append(jnp.asarray(self.accumulated[member]))
         record = {"iteration": self.iteration, "members": len(results), "failed_members": failed}
         if results:

@@ -21,7 +21,7 @@ clipped to `[0, max_loss_ratio]` (`meta.estimators.normalised_loss`).
 
 One step of both arms is one `jax.jit`-compiled call, vmapped over the two
 arms (a `lax.scan` over steps runs convolutions several times slower on
-CPU); compiled steps are cached per architecture.
+CPU); compiled steps are cached per architecture, process-wide.
 """
 
 import collections
@@ -34,6 +34,8 @@ from meta.estimators import normalised_loss, perturbation
 from meta.task_distribution import sample_member_task
 
 ARCHITECTURE_CACHE_SIZE = 8
+# Compiled steps, shared by every runner of this process: (architecture, theta size) -> functions.
+_COMPILED = collections.OrderedDict()
 
 
 @dataclasses.dataclass
@@ -79,17 +81,16 @@ class ParticleRunner:
         self.truncation = truncation
         self.max_loss_ratio = float(max_loss_ratio)
         self.particles = {}
-        self._compiled = collections.OrderedDict()
         self._batches = {}
 
     # ----------------------------------------------------------- compiled steps
 
     def _functions(self, config):
         """`(init_arms, pair_step)` jitted for `config`'s architecture (cached)."""
-        key = _architecture_key(config)
-        if key in self._compiled:
-            self._compiled.move_to_end(key)
-            return self._compiled[key]
+        key = (_architecture_key(config), self.layout)
+        if key in _COMPILED:
+            _COMPILED.move_to_end(key)
+            return _COMPILED[key]
         import jax
 
         from keras_velo.update import init_state, velo_update
@@ -122,9 +123,9 @@ class ParticleRunner:
             jax.jit(pair_step),
             task,
         )
-        self._compiled[key] = functions
-        if len(self._compiled) > ARCHITECTURE_CACHE_SIZE:
-            self._compiled.popitem(last=False)
+        _COMPILED[key] = functions
+        if len(_COMPILED) > ARCHITECTURE_CACHE_SIZE:
+            _COMPILED.popitem(last=False)
         return functions
 
     # ------------------------------------------------------------------ running
