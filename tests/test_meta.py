@@ -208,7 +208,9 @@ def test_ray_workers_equal_one_process_and_survive_a_dead_worker(ray_session):
 
     layout, vector = _layout_and_theta()
     config = _config(members=2, workers=2)
-    arguments = (layout, config.distribution, config.seed, config.sigma,
+    # Episodes longer than the 4 truncations here: only the lost member restarts.
+    distribution = dataclasses.replace(config.distribution, min_horizon=60, max_horizon=60)
+    arguments = (layout, distribution, config.seed, config.sigma,
                  config.unroll_truncation, config.max_loss_ratio)
     local = MetaLearner.start(config, vector)
     local_pool = LocalPool(arguments)
