@@ -11,7 +11,7 @@ sensible rule. The file is rebuilt byte for byte by
 
     python -m meta.bootstrap_theta --out keras_velo/weights/bundled
 
-(gzip-compressed `params.gz` plus `config.gin`). `--tune` re-runs the small
+(gzip-compressed `params.gz` plus `config.gin`). `python -m meta.bootstrap_tuning` re-runs the small
 search that chose `DEFAULT_CONSTANTS` (see `meta/bootstrap_tuning.py`); the
 chosen values are written below, so building never runs the search.
 
@@ -62,7 +62,7 @@ is 1.5% of the tensor's RMS. How theta makes VeLO compute it (spec
   bias is boosted from its second update on and loses the boost as it
   grows.
 
-Why these numbers (`--tune`, `meta/bootstrap_tuning.py`): on 8x8 digits
+Why these numbers (`python -m meta.bootstrap_tuning`): on 8x8 digits
 classifiers (MLPs 64-128-10 relu and 64-32-32-10 tanh, a small CNN),
 relative steps make the weights grow exponentially (cross-entropy rewards
 larger weights), which blew up runs with a peak of 20-40 or without weight
@@ -71,7 +71,7 @@ peak of 15 was the best of the candidates that stayed stable on a
 5,000-step run. Against Adam(1e-3) from the same initialisation on the
 same batches, the defaults reach a lower final training loss on all three
 tasks at 200, 600, 2,000 and 5,000 steps (table in the README / the
-`--tune` output). The momentum decay 0.99 channel blew up; Adafactor's
+`meta.bootstrap_tuning` output). The momentum decay 0.99 channel blew up; Adafactor's
 factored momentum (group 13) was as good at short horizons and less stable.
 
 Limits
@@ -211,7 +211,7 @@ class BootstrapConstants:
 
 
 DEFAULT_CONSTANTS = BootstrapConstants()
-"""The constants of the shipped `weights="bundled"` theta (chosen by `--tune`)."""
+"""The constants of the shipped `weights="bundled"` theta (chosen by `meta.bootstrap_tuning`)."""
 
 
 def target_schedule(fraction, constants: BootstrapConstants = DEFAULT_CONSTANTS):
@@ -403,20 +403,7 @@ def main(argv=None):
         "--out", default="keras_velo/weights/bundled",
         help="output directory for params.gz and config.gin (default: %(default)s)",
     )
-    parser.add_argument(
-        "--tune", action="store_true",
-        help="run the small search that chose the default constants (JAX backend) "
-        "and print its table; writes nothing",
-    )
-    parser.add_argument(
-        "--quick", action="store_true", help="with --tune: a smaller search (smoke test)"
-    )
     args = parser.parse_args(argv)
-    if args.tune:
-        from meta.bootstrap_tuning import run_search
-
-        run_search(quick=args.quick)
-        return 0
     path = write_bootstrap_checkpoint(args.out)
     print(f"wrote {path} ({path.stat().st_size:,} bytes)")
     return 0

@@ -1,4 +1,4 @@
-"""The small search behind the bootstrap theta's constants (`--tune`).
+"""The small search behind the bootstrap theta's constants.
 
 Runs VeLO with `bootstrap_theta(**constants)` through the pure maths
 (`keras_velo.update.velo_update`, jitted with JAX) and Adam(1e-3) on the
@@ -17,7 +17,7 @@ shipped defaults are compared with Adam at 200, 600, 2,000 and 5,000 steps.
 
 Needs the JAX backend (`KERAS_BACKEND=jax`) and scikit-learn. Run with
 
-    KERAS_BACKEND=jax python -m meta.bootstrap_theta --tune
+    KERAS_BACKEND=jax python -m meta.bootstrap_tuning [--quick]
 
 It takes about 8 minutes on 2 CPU cores (479 s measured); `--quick` is a
 ~1 minute smoke test. Nothing is written: the chosen constants are copied
@@ -276,7 +276,7 @@ def run_search(quick: bool = False, seed: int = 0):
 
     if keras.backend.backend() != "jax":
         raise RuntimeError(
-            "--tune runs VeLO under jax.jit: set KERAS_BACKEND=jax "
+            "meta.bootstrap_tuning runs VeLO under jax.jit: set KERAS_BACKEND=jax "
             f"(the backend is {keras.backend.backend()!r})."
         )
     started = time.time()
@@ -297,3 +297,22 @@ def run_search(quick: bool = False, seed: int = 0):
     print_table(final, ["VeLO bundled"])
     print(f"total {time.time() - started:.0f} s")
     return best, final
+
+
+def main(argv=None):
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="python -m meta.bootstrap_tuning",
+        description="Re-run the search that chose the bootstrap theta's constants; writes nothing.",
+    )
+    parser.add_argument("--quick", action="store_true", help="a smaller search (smoke test)")
+    args = parser.parse_args(argv)
+    run_search(quick=args.quick)
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main())
