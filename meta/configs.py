@@ -5,8 +5,8 @@
 * `cpu`: this project's machine (2 cores, no GPU): all seven families within
   a small FLOP budget, BatchNorm ResNets included, Persistent ES with
   truncations of 50 steps over horizons of 100-1,000 steps, 8 members.
-  Tasks come from a pool of 16 configs per family so that compiled steps
-  are reused. Resumable; run it for as long as you can.
+  Tasks come from a pool of 4 configs per family (28 architectures, each
+  compiled once per worker in ~30-60 s) so that compiled steps are reused. Resumable; run it for as long as you can.
 * `gpu`: a GPU machine or a Ray cluster: Celo's settings (PES, truncation
   50, perturbation 0.01, horizons 100-2,000, Adam 3e-4), 64 members,
   larger tasks, and the reference's parameter-scale augmentation.
@@ -92,7 +92,7 @@ PRESETS = {
     ),
     "cpu": MetaTrainingConfig(
         name="cpu",
-        distribution=TaskDistribution(ALL_FAMILIES, 3e8, 100, 1000, (0.1, 10.0), config_pool=16),
+        distribution=TaskDistribution(ALL_FAMILIES, 3e8, 100, 1000, (0.1, 10.0), config_pool=4),
         members=8,
         truncation=50,
         learning_rate=3e-4,

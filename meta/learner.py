@@ -41,6 +41,7 @@ class MetaLearner:
     theta_vector: np.ndarray
     optimizer_state: object
     accumulated: dict  # member -> np.ndarray [theta_size]
+    episode_starts: dict = dataclasses.field(default_factory=dict)  # member -> iteration
 
     @classmethod
     def start(cls, config, theta_vector):
@@ -61,10 +62,13 @@ class MetaLearner:
         results, failed = pool.run(self.theta_vector, self.iteration, members)
         for member in failed:
             self.accumulated.pop(member, None)
+            self.episode_starts.pop(member, None)
         vectors = []
         for result in results:
             member = result["member"]
             eps = np.asarray(perturbation(config.seed, self.iteration, member, self.theta_size, config.sigma))
+            if result["reset"] or member not in self.accumulated:
+                self.episode_starts[member] = self.iteration
             self.accumulated[member] = accumulate(self.accumulated.get(member), eps, result["reset"])
             vectors.append(jnp.asarray(self.accumulated[member]))
         record = {"iteration": self.iteration, "members": len(results), "failed_members": failed}
@@ -93,6 +97,23 @@ class MetaLearner:
         self.iteration += 1
         record["wall_time_s"] = time.perf_counter() - start
         return record
+
+
+    def regenerate_accumulated(self):
+        """Rebuilds each member's accumulated perturbation from its episode start (for resume).
+
+        The sum of the same float32 draws in the same order as `step` made
+        them: equal bit for bit, so checkpoints need not store them.
+        """
+        config = self.config
+        self.accumulated = {}
+        for member, start in self.episode_starts.items():
+            total = None
+            for iteration in range(start, self.iteration):
+                eps = np.asarray(perturbation(config.seed, iteration, member, self.theta_size, config.sigma))
+                total = accumulate(total, eps, total is None)
+            if total is not None:
+                self.accumulated[member] = total
 
 
 def _to_numpy(tree):

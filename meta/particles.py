@@ -33,7 +33,7 @@ import numpy as np
 from meta.estimators import normalised_loss, perturbation
 from meta.task_distribution import sample_member_task
 
-ARCHITECTURE_CACHE_SIZE = 8
+ARCHITECTURE_CACHE_SIZE = 32
 # Compiled steps, shared by every runner of this process: (architecture, theta size) -> functions.
 _COMPILED = collections.OrderedDict()
 

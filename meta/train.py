@@ -14,10 +14,12 @@ Writes into `--out`:
   `meta_loss`, `gradient_norm`, `wall_time_s`, ...);
 * `meta_loss.png`: the meta-loss curve;
 * `run_state.pkl` and `run_config.json`: what `--resume` needs to continue
-  exactly as an uninterrupted run would (theta, Adam's state, accumulated
-  perturbations, the members' inner training states and the iteration;
-  every random draw is a function of the seed, the iteration and the
-  member). Iterations after the last checkpoint are redone on resume.
+  exactly as an uninterrupted run would (theta, Adam's state, the members'
+  inner training states and episode starts, and the iteration; every random
+  draw -- perturbations included, so they are regenerated rather than
+  stored -- is a function of the seed, the iteration and the member; about
+  3x theta's size, small enough to commit). Iterations after the last
+  checkpoint are redone on resume.
 """
 
 import argparse
@@ -54,7 +56,7 @@ def save_run_state(out, learner, particles):
         "iteration": learner.iteration,
         "theta_vector": learner.theta_vector,
         "optimizer_state": learner.optimizer_state,
-        "accumulated": learner.accumulated,
+        "episode_starts": learner.episode_starts,
         "particles": particles,
     }
     with open(temporary, "wb") as file:
@@ -145,7 +147,8 @@ def train(config, out, init="bundled", resume=False, address=None, progress=True
             learner.iteration = state["iteration"]
             learner.theta_vector = state["theta_vector"]
             learner.optimizer_state = state["optimizer_state"]
-            learner.accumulated = state["accumulated"]
+            learner.episode_starts = state["episode_starts"]
+            learner.regenerate_accumulated()
             pool.set_particles(state["particles"])
             truncate_metrics(out, learner.iteration)
         else:
