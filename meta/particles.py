@@ -156,7 +156,8 @@ class ParticleRunner:
         return Particle(task, iteration, 0, float("nan"), jax.device_get(arms))
 
     def run_member(self, theta_vector, iteration, member):
-        """One truncation of `member`: `{"member", "loss_plus", "loss_minus", "reset", "steps"}`."""
+        """One truncation of `member`: `{"member", "loss_plus", "loss_minus", "reset", "steps", "family"}`."""
+        import jax
         import jax.numpy as jnp
 
         eps = perturbation(self.seed, iteration, member, self.layout.size, self.sigma)
@@ -180,8 +181,6 @@ class ParticleRunner:
                 particle.initial_loss = float(losses[0])
             totals = totals + normalised_loss(losses, particle.initial_loss, self.max_loss_ratio)
             particle.step += 1
-        import jax
-
         particle.arms = jax.device_get(arms)
         self.particles[member] = particle
         self._batches[member] = (particle, particle.step, iterator)
