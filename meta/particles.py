@@ -200,17 +200,11 @@ class ParticleRunner:
 
     # ------------------------------------------------------------- checkpoints
 
-    def get_particles(self, members=None):
-        """The particles of `members` (all by default), as picklable numpy records."""
-        members = sorted(self.particles) if members is None else members
-        return {m: self.particles[m] for m in members if m in self.particles}
+    def get_particles(self):
+        """Every particle, as picklable numpy records (member -> `Particle`)."""
+        return dict(self.particles)
 
     def set_particles(self, particles):
         self.particles.update(particles)
         for member in particles:
-            self._batches.pop(member, None)
-
-    def drop_particles(self, members):
-        for member in members:
-            self.particles.pop(member, None)
             self._batches.pop(member, None)
