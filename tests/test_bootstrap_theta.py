@@ -130,7 +130,10 @@ def test_fitted_schedule_follows_the_target():
     fitted = lr_mult_schedule(fraction) / PEAK
     target = target_schedule(fraction)
     assert np.sqrt(np.mean((fitted - target) ** 2)) < 0.03
-    assert np.max(np.abs(fitted - target)[fraction > 0.1]) < 0.05
+    # Away from the corner at the end of the warm-up, which the fit rounds off.
+    corner = np.abs(fraction - DEFAULT_CONSTANTS.warmup_fraction) < 0.05
+    assert np.max(np.abs(fitted - target)[~corner]) < 0.05
+    assert fitted[0] < 0.1  # the warm-up starts near zero
     # Past the end of training it stays small and positive (never a negative step).
     late = lr_mult_schedule(np.linspace(1.0, 5.0, 401)) / PEAK
     assert late.min() > 0 and late.max() < 2 * DEFAULT_CONSTANTS.final_lr_fraction
@@ -241,7 +244,7 @@ def test_lr_mult_follows_the_schedule(update, theta_tensors, fraction):
     assert lr_mult[0] == pytest.approx(PEAK * target_schedule(fraction), abs=0.2 * PEAK)
     if fraction == 0.0:
         assert lr_mult[0] < 0.25 * PEAK  # warm-up starts low
-    elif 0.1 <= fraction <= 0.3:
+    elif target_schedule(fraction) > 0.9:  # near the peak
         assert lr_mult[0] > 0.75 * PEAK
     elif fraction >= 0.95:
         assert 0 < lr_mult[0] < 0.1 * PEAK  # decayed to a small value
