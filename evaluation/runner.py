@@ -93,7 +93,7 @@ def _train(workload, submission, trial, log, on_step):
     while not _done(submission.stop, step, seconds, workload, step_budget):
         start = time.perf_counter()
         if time_budget is not None:
-            velo.fraction_variable.assign(min(seconds / time_budget, 1.0))
+            velo.set_training_seconds(seconds)
         x, y = next(batches)
         loss = float(model.train_on_batch(x, y, return_dict=True)["loss"])
         seconds += time.perf_counter() - start

@@ -1,7 +1,7 @@
 """keras-velo: VeLO, Google's learned optimizer, for Keras 3 on JAX, TensorFlow and PyTorch."""
 
 from keras_velo import callbacks
-from keras_velo.callbacks import VeLOMonitor
+from keras_velo.callbacks import VeLOCallback, VeLOMonitor
 from keras_velo.checkpoint import read_checkpoint, write_checkpoint
 from keras_velo.health import NonFiniteTrainingError
 from keras_velo.integration import attach
@@ -18,6 +18,7 @@ from keras_velo.update import StepDiagnostics, VeLOState, init_state, velo_updat
 
 __all__ = [
     "NonFiniteTrainingError",
+    "VeLOCallback",
     "VeLOMonitor",
     "attach",
     "callbacks",

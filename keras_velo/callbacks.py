@@ -1,8 +1,9 @@
 """Callbacks for training with VeLO through `fit()`.
 
-* `VeLOTrainingGuard` (added by `keras_velo.attach`): infers `total_steps`,
-  drives the time-budget mode, and watches for skipped updates.
-* `VeLOMonitor` (add it yourself): puts what VeLO sees into the logs, so
+* `VeLOCallback` (pass it to `fit`): hands VeLO the loss of every batch,
+  infers `total_steps`, drives the time-budget mode and watches for
+  skipped updates. Needed in every `fit` of a VeLO model.
+* `VeLOMonitor` (optional): puts what VeLO sees into the logs, so
   `History` and `TensorBoard` record it.
 """
 
@@ -13,15 +14,7 @@ import numpy as np
 
 from keras_velo.health import check_horizon, check_skips
 from keras_velo.optimizer import find_velo
-
-# Keys the patched train step adds to its logs for the guard (removed there).
-LOG_PREFIX = "_velo/"
-
-
-def _pop_velo_logs(logs):
-    if not logs:
-        return {}
-    return {k[len(LOG_PREFIX):]: logs.pop(k) for k in list(logs) if k.startswith(LOG_PREFIX)}
+from keras_velo.train_step import feed_loss_to_velo
 
 
 def infer_total_steps(params, gradient_accumulation_steps=None):
@@ -40,18 +33,32 @@ def infer_total_steps(params, gradient_accumulation_steps=None):
     return max(1, calls // (gradient_accumulation_steps or 1))
 
 
-class VeLOTrainingGuard(keras.callbacks.Callback):
-    """Sets VeLO's horizon and time fraction, and watches for skipped updates.
+class VeLOCallback(keras.callbacks.Callback):
+    """What VeLO needs from `fit`: pass it in every `fit` of a model compiled with VeLO.
 
+    ```python
+    model.compile(optimizer=keras_velo.VeLO(weights="bundled"), loss="mse")
+    model.fit(x, y, epochs=5, callbacks=[keras_velo.VeLOCallback()])
+    ```
+
+    * The loss: when Keras hands it the model (before the train function
+      is built), it installs a train step on that model instance that
+      writes each batch's unscaled mean loss into VeLO right before the
+      update (`keras_velo.train_step`). Nothing is saved with the model:
+      after `keras.saving.load_model`, passing the callback to `fit` again
+      is all it takes. The step stays on the instance, so later
+      `train_on_batch` calls feed the loss too.
     * `total_steps=None`: set at the start of the first `fit` to epochs x
       batches per epoch (divided by Keras' `gradient_accumulation_steps`).
-    * `time_budget=s`: before each batch, VeLO's training fraction is set to
-      training seconds so far / s (evaluation time excluded), and training
-      stops when the budget is spent. On JAX each batch then pays one state
-      sync between host and device.
-    * Each batch: a warning for every skipped (non-finite) update, an error
-      after `max_consecutive_skips` in a row, and one warning when VeLO runs
-      past its horizon.
+    * `time_budget=s`: before each batch, VeLO's training fraction is set
+      to training seconds so far / s (evaluation time excluded;
+      `VeLO.set_training_seconds`), and training stops when the budget is
+      spent. On JAX each batch then pays one state sync.
+    * After each batch: a warning for every skipped (non-finite) update,
+      `NonFiniteTrainingError` after `max_consecutive_skips` in a row, and
+      one warning when VeLO runs past its horizon.
+
+    With a model compiled with another optimizer it does nothing.
     """
 
     def __init__(self):
@@ -59,13 +66,20 @@ class VeLOTrainingGuard(keras.callbacks.Callback):
         self._elapsed = 0.0
         self._clock_started = None
 
+    def set_model(self, model):
+        super().set_model(model)
+        if find_velo(getattr(model, "optimizer", None)) is not None:
+            feed_loss_to_velo(model)
+
     def _velo(self):
         # `self._model`, not `self.model`: on JAX the property also syncs the
         # whole training state to the host, which only the time budget needs.
-        return find_velo(self._model.optimizer)
+        return find_velo(getattr(self._model, "optimizer", None))
 
     def on_train_begin(self, logs=None):
         velo = self._velo()
+        if velo is None:
+            return
         if velo.horizon is None:
             velo.set_total_steps(
                 infer_total_steps(self.params, velo.gradient_accumulation_steps)
@@ -90,29 +104,41 @@ class VeLOTrainingGuard(keras.callbacks.Callback):
 
     def on_train_batch_begin(self, batch, logs=None):
         velo = self._velo()
-        if velo.time_budget is not None:
+        if velo is not None and velo.time_budget is not None:
             self.model  # noqa: B018 -- on JAX, makes the next step re-read variables
-            fraction = self._training_seconds() / velo.time_budget
-            velo.fraction_variable.assign(np.float32(fraction))
+            velo.set_training_seconds(self._training_seconds())
 
     def on_train_batch_end(self, batch, logs=None):
         velo = self._velo()
-        values = _pop_velo_logs(logs)
-        if values:
-            check_skips(
-                int(values["consecutive_skips"]),
-                int(values["skipped_steps"]),
-                velo.max_consecutive_skips,
-            )
-            check_horizon(velo, int(values["iteration"]))
+        if velo is None:
+            return
+        health = _health_values(self._model, velo)
+        check_skips(health["consecutive_skips"], health["skipped_steps"], velo.max_consecutive_skips)
+        check_horizon(velo, health["iteration"])
         if velo.time_budget is not None and self._training_seconds() >= velo.time_budget:
             self._model.stop_training = True
 
-    def on_epoch_end(self, epoch, logs=None):
-        _pop_velo_logs(logs)
-
     def on_train_end(self, logs=None):
         self._pause()
+
+
+def _health_values(model, velo):
+    """VeLO's skip counters and iteration after the last batch, as ints.
+
+    On JAX, during `fit` the live values are in `model._jax_state` (Keras
+    sets it before `on_train_batch_end` so callbacks can read the state
+    without a full sync); reading three scalars from it costs one small
+    transfer.
+    """
+    variables = velo.health_variables()
+    jax_state = getattr(model, "_jax_state", None) if keras.backend.backend() == "jax" else None
+    if jax_state and jax_state.get("optimizer_variables") is not None:
+        index = {id(v): i for i, v in enumerate(model.optimizer.variables)}
+        values = jax_state["optimizer_variables"]
+        return {name: int(np.asarray(values[index[id(v)]])) for name, v in variables.items()}
+    return {
+        name: int(keras.ops.convert_to_numpy(v.value)) for name, v in variables.items()
+    }
 
 
 class VeLOMonitor(keras.callbacks.Callback):

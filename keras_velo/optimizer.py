@@ -8,11 +8,15 @@ variables (`state_variables.py`), takes the training loss, calls
 `stateless_apply`), TensorFlow and PyTorch.
 """
 
+import contextlib
+
 import keras
+import numpy as np
 from keras import ops
 
 from keras_velo import arguments
 from keras_velo.health import check_health_if_eager
+from keras_velo.jax_fit_state import hand_back_jax_fit_state
 from keras_velo.loss_features import loss_ema_decays
 from keras_velo.packing import packed_layout
 from keras_velo.prefab import DEFAULT_MAX_TRAINING_STEPS, plan_horizon, prefab_update
@@ -24,13 +28,15 @@ from keras_velo.theta import CheckpointError, flatten_theta, unflatten_theta
 DEFAULT_MAX_CONSECUTIVE_SKIPS = 100
 
 MISSING_LOSS_MESSAGE = (
-    "VeLO needs the training loss of every step, and none was given. Pass it "
-    "with `optimizer.apply(grads, variables, loss=loss)`, "
+    "VeLO needs the training loss of every step, and none was given. In "
+    "`model.fit`, pass the callback: `model.fit(..., callbacks=["
+    "keras_velo.VeLOCallback()])` (Keras does not hand the loss to "
+    "optimizers; for `train_on_batch`, call `keras_velo.attach(model)` once "
+    "after `compile`). In a custom training loop, pass it with "
+    "`optimizer.apply(grads, variables, loss=loss)`, "
     "`optimizer.apply_gradients(zip(grads, variables), loss=loss)` or "
     "`optimizer.stateless_apply(opt_vars, grads, train_vars, loss=loss)`. "
-    "Keras' `model.fit()` does not hand the loss to optimizers: call "
-    "`keras_velo.attach(model)` after `model.compile(...)` (and again after "
-    "`keras.saving.load_model`)."
+    "The model's weights are unchanged."
 )
 
 
@@ -57,10 +63,24 @@ class SavedWeights:
 class VeLO(keras.optimizers.Optimizer):
     """VeLO (Metz et al., 2022), the reference computation on any Keras backend.
 
-    Every update needs the scalar training loss:
+    VeLO reads the training loss at every update; Keras never hands it to
+    an optimizer, so there are two ways to feed it.
+
+    With `fit`, pass `keras_velo.VeLOCallback()` (every batch's loss goes to
+    its own update, and `total_steps` may be left out):
 
     ```python
-    optimizer = keras_velo.VeLO(total_steps=1000)
+    model.compile(optimizer=keras_velo.VeLO(weights="bundled"),
+                  loss="sparse_categorical_crossentropy", jit_compile=True)
+    model.fit(x, y, batch_size=128, epochs=5, callbacks=[keras_velo.VeLOCallback()])
+    ```
+
+    (`keras_velo.attach(model)` does the same for every `fit` and
+    `train_on_batch` of one model instance, for code you cannot add a
+    callback to.) In a custom training loop, pass the loss to the update:
+
+    ```python
+    optimizer = keras_velo.VeLO(total_steps=1000, weights="bundled")
     with tf.GradientTape() as tape:          # or jax.value_and_grad, torch autograd
         loss = loss_fn(y, model(x))
     grads = tape.gradient(loss, model.trainable_variables)
@@ -68,27 +88,44 @@ class VeLO(keras.optimizers.Optimizer):
     ```
 
     Args:
-        total_steps: number of `apply` calls training will make. It sets
-            VeLO's training-fraction input and the time scales of its loss
-            features (the one hyper-parameter VeLO has).
+        total_steps: number of updates training will make: VeLO's one
+            hyper-parameter (its training-fraction input and the time
+            scales of its loss features; a sensitive one, Rezk et al.
+            2023). `None`: `fit` with `VeLOCallback` sets it at the start
+            of the first `fit` to epochs x batches per epoch; a custom loop
+            must pass it (or `time_budget`).
         weights: VeLO's learned weights. `"velo"` (default): Google's
             published checkpoint, downloaded once and cached under
-            `~/.keras/keras_velo`; a path to an official-format checkpoint
-            (a folder holding `params`, or the file); a theta dict; or
-            `None` for a random init from `seed` (for meta-training).
+            `~/.keras/keras_velo` (needs the internet the first time);
+            `"bundled"`: the weights keras-velo ships (no download; see
+            the README's model card); a path to an official-format
+            checkpoint (a folder holding `params`, or the file); a theta
+            dict; or `None` for a random init from `seed` (meta-training).
         weight_decay: coupled L2 as in the reference wrapper: adds
             `weight_decay * p` to each gradient and
             `weight_decay * sum(p**2)` to the loss VeLO sees (not Keras'
             decoupled decay). Honours `exclude_from_weight_decay`.
-            The reference suggests ~1e-6.
+            The reference suggests ~1e-6; default 0.
         max_training_steps: beyond this horizon, ceil(total_steps /
             max_training_steps) consecutive gradients and losses are
             averaged into one VeLO update (the reference's default, 150,000).
         learning_rate: multiplies every VeLO step. 1.0 (default) is the
-            reference; a schedule can rescale VeLO's own steps.
+            reference; a float below 1 damps VeLO, a schedule rescales its
+            own steps over time.
         seed: seed of the random init when `weights=None`.
+        time_budget: seconds. Instead of steps, VeLO's training fraction is
+            training seconds so far / `time_budget` (set before every batch
+            by `VeLOCallback`, or by you with `set_training_seconds`), and
+            `fit` stops when it is spent. `total_steps` is still needed for
+            the loss features' time scales; `fit` infers it as usual.
+        max_consecutive_skips: a step whose loss or gradients are not
+            finite is skipped (parameters and VeLO's state unchanged) with
+            a warning; after this many in a row training stops with
+            `keras_velo.NonFiniteTrainingError`. Default 100.
+        name: the optimizer's name (Keras variable paths).
         **kwargs: the base optimizer's keyword arguments (`clipnorm`,
-            `clipvalue`, `global_clipnorm`, `use_ema`, ...).
+            `clipvalue`, `global_clipnorm`, `use_ema`,
+            `gradient_accumulation_steps`, `loss_scale_factor`, ...).
 
     State: for each parameter, momenta (3), rms and, for tensors of rank
     < 2, diagonal second moments (3); factored second moments per row and
@@ -214,7 +251,7 @@ class VeLO(keras.optimizers.Optimizer):
                     "variables; pass exactly one gradient per variable."
                 )
         if loss is None and not self._loss_given:
-            raise ValueError(MISSING_LOSS_MESSAGE)
+            self._fail(ValueError(MISSING_LOSS_MESSAGE))
         self._check_ready()
         if loss is not None:
             self.assign(self.loss_variable, ops.cast(ops.reshape(loss, ()), "float32"))
@@ -238,7 +275,7 @@ class VeLO(keras.optimizers.Optimizer):
         `loss` may be a traced value, so this works under `jax.jit`.
         """
         if loss is None and not self._loss_given:
-            raise ValueError(MISSING_LOSS_MESSAGE)
+            self._fail(ValueError(MISSING_LOSS_MESSAGE))
         self._check_ready()
         if loss is not None:
             index = self._get_optimizer_variable_index(self.loss_variable)
@@ -252,22 +289,55 @@ class VeLO(keras.optimizers.Optimizer):
 
     def _check_ready(self):
         if self.horizon is None:
-            raise ValueError(
+            self._fail(ValueError(
                 "VeLO does not know how many steps training will run: pass "
-                "VeLO(total_steps=...), or train with `model.fit` after "
-                "`keras_velo.attach(model)`, which infers it from epochs x steps."
-            )
+                "VeLO(total_steps=...), or train with `model.fit(..., callbacks="
+                "[keras_velo.VeLOCallback()])`, which infers it from epochs x "
+                "batches per epoch. The model's weights are unchanged."
+            ))
         if self._theta_error is not None:
-            raise CheckpointError(
+            error = CheckpointError(
                 "VeLO was restored from a config without its saved variables, "
                 f"and its weights could not be loaded: {self._theta_error}"
-            ) from self._theta_error
+            )
+            error.__cause__ = self._theta_error
+            self._fail(error)
+
+    @staticmethod
+    def _fail(error):
+        """Raises `error`, first letting Keras' JAX `fit` put the model's variables back."""
+        hand_back_jax_fit_state()
+        raise error
+
+    @contextlib.contextmanager
+    def loss_fed_by_train_step(self):
+        """Within it, updates take the loss a train step wrote into `loss_variable`."""
+        outer, self._loss_given = self._loss_given, True
+        try:
+            yield
+        finally:
+            self._loss_given = outer
+
+    def set_training_seconds(self, seconds):
+        """Time-budget mode: training fraction = min(seconds / time_budget, 1).
+
+        The one place the fraction is computed (`VeLOCallback` and the
+        evaluation runner call it). Clamped at 1: past its budget VeLO is
+        told training is over rather than a fraction it never saw.
+        """
+        if self.time_budget is None:
+            raise ValueError(
+                "set_training_seconds needs VeLO(time_budget=seconds); this "
+                "optimizer counts steps (total_steps)."
+            )
+        fraction = min(max(float(seconds), 0.0) / self.time_budget, 1.0)
+        self.fraction_variable.assign(np.float32(fraction))
 
     def _check_health_if_eager(self):
         """Warns on skipped updates and raises after too many in a row (eager only).
 
-        Compiled training loops (fit) are watched by `keras_velo.attach`'s
-        callback instead, from the values the train step logs.
+        Compiled training loops (fit) are watched by `keras_velo.VeLOCallback`
+        instead, after every batch.
         """
         if self.built:
             check_health_if_eager(self, self.health_variables())

@@ -1,4 +1,4 @@
-"""Training with `model.fit` after `keras_velo.attach(model)`, on every backend.
+"""Training with `model.fit`, VeLO fed by `keras_velo.VeLOCallback` or `attach`, on every backend.
 
 JAX compiles with XLA as always. TensorFlow runs as a plain `tf.function`
 (an XLA compile of VeLO costs ~15 s there) except where a test asks for
@@ -46,11 +46,12 @@ def _model(seed=0, regularize=False, dtype=None):
     return model
 
 
-def _compiled(optimizer=None, seed=0, jit_compile=JIT, **model_kwargs):
+def _compiled(optimizer=None, seed=0, jit_compile=JIT, attach=True, **model_kwargs):
+    """A compiled model; with `attach=False` its fits must pass `VeLOCallback`."""
     model = _model(seed, **model_kwargs)
     optimizer = optimizer or VeLO(total_steps=8, weights=THETA)
     model.compile(optimizer=optimizer, loss="mse", jit_compile=jit_compile)
-    return keras_velo.attach(model)
+    return keras_velo.attach(model) if attach else model
 
 
 def _weights(model):
@@ -79,13 +80,15 @@ def _batch_loss(model, weights, x, y):
     return float(ops.convert_to_numpy(model.compute_loss(x=x, y=y, y_pred=y_pred)))
 
 
-def test_each_update_receives_its_batch_loss_once():
+@pytest.mark.parametrize("feeding", ["callback", "attach"])
+def test_each_update_receives_its_batch_loss_once(feeding):
     """The unscaled mean loss of the same batch, with regularisation, exactly once."""
     x, y = _data()
     velo = VeLO(total_steps=8, weights=THETA)
-    model = _compiled(velo, regularize=True, jit_compile=XLA)
+    model = _compiled(velo, regularize=True, jit_compile=XLA, attach=feeding == "attach")
     recorder = _RecordFedLoss(velo)
-    model.fit(x, y, batch_size=BATCH, epochs=2, shuffle=False, verbose=0, callbacks=[recorder])
+    callbacks = [recorder] if feeding == "attach" else [keras_velo.VeLOCallback(), recorder]
+    model.fit(x, y, batch_size=BATCH, epochs=2, shuffle=False, verbose=0, callbacks=callbacks)
     assert recorder.counts == list(range(1, 9))
     batches = [(x[i : i + BATCH], y[i : i + BATCH]) for i in range(0, len(x), BATCH)] * 2
     expected = [
@@ -95,12 +98,67 @@ def test_each_update_receives_its_batch_loss_once():
     assert len(set(np.round(expected, 6))) == len(expected)  # the test can tell batches apart
 
 
-def test_fit_without_attach_fails_with_advice():
-    model = _model()
-    model.compile(optimizer=VeLO(total_steps=8, weights=THETA), loss="mse", jit_compile=JIT)
+def _assert_usable_and_unchanged(model, weights, tmp_path):
+    """Weights readable and equal to `weights`; evaluate, save and load work."""
+    for a, b in zip(_weights(model), weights):
+        np.testing.assert_array_equal(a, b)
     x, y = _data()
-    with pytest.raises(ValueError, match=r"keras_velo.attach\(model\)"):
-        model.fit(x, y, batch_size=BATCH, epochs=1, verbose=0)
+    assert np.isfinite(model.evaluate(x, y, verbose=0))
+    path = tmp_path / "after_error.keras"
+    model.save(path)
+    for a, b in zip(_weights(keras.saving.load_model(path)), weights):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_fit_without_the_callback_fails_with_advice_and_keeps_the_model(tmp_path):
+    """An Adam-trained model recompiled with VeLO, fit without the callback."""
+    x, y = _data()
+    model = _model()
+    model.compile(optimizer="adam", loss="mse", jit_compile=JIT)
+    model.fit(x, y, batch_size=BATCH, epochs=1, verbose=0)
+    trained = _weights(model)
+    for velo in (VeLO(total_steps=8, weights=THETA), VeLO(weights=THETA)):  # with and without a horizon
+        model.compile(optimizer=velo, loss="mse", jit_compile=JIT)
+        with pytest.raises(ValueError, match=r"callbacks=\[keras_velo.VeLOCallback\(\)\]"):
+            model.fit(x, y, batch_size=BATCH, epochs=1, verbose=0)
+        _assert_usable_and_unchanged(model, trained, tmp_path)
+
+
+def test_velo_errors_in_fit_leave_the_model_usable(tmp_path):
+    """A horizon that cannot be inferred, and too many skipped steps."""
+    x, y = _data()
+    model = _compiled(VeLO(weights=THETA), attach=False)
+    before = _weights(model)
+
+    def endless():
+        while True:
+            yield x[:BATCH], y[:BATCH]
+
+    with pytest.raises(ValueError, match="steps_per_epoch"):
+        model.fit(endless(), epochs=1, verbose=0, callbacks=[keras_velo.VeLOCallback()])
+    _assert_usable_and_unchanged(model, before, tmp_path)
+
+    model.compile(optimizer=VeLO(total_steps=8, weights=THETA, max_consecutive_skips=2),
+                  loss="mse", jit_compile=JIT)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        with pytest.raises(NonFiniteTrainingError):
+            model.fit(x * np.nan, y, batch_size=BATCH, epochs=1, verbose=0,
+                      callbacks=[keras_velo.VeLOCallback()])
+    _assert_usable_and_unchanged(model, before, tmp_path)
+
+
+def test_a_model_can_leave_velo():
+    """After attach (and the callback), recompiling with Adam trains as Keras would."""
+    x, y = _data()
+    model = _compiled(VeLO(total_steps=8, weights=THETA))
+    model.fit(x, y, batch_size=BATCH, epochs=1, verbose=0, callbacks=[keras_velo.VeLOCallback()])
+    model.compile(optimizer="adam", loss="mse", jit_compile=JIT)
+    before = _weights(model)
+    model.fit(x, y, batch_size=BATCH, epochs=1, verbose=0, callbacks=[keras_velo.VeLOCallback()])
+    model.train_on_batch(x[:BATCH], y[:BATCH])
+    assert all(not np.array_equal(a, b) for a, b in zip(_weights(model), before))
+    assert int(ops.convert_to_numpy(model.optimizer.iterations.value)) == 5
 
 
 def test_attach_needs_a_velo_model():
@@ -223,10 +281,11 @@ def test_save_load_and_resume_like_an_uninterrupted_run(tmp_path):
     first.fit(x, y, batch_size=BATCH, epochs=1, shuffle=False, verbose=0)
     path = tmp_path / "model.keras"
     first.save(path)
-    resumed = keras_velo.attach(keras.saving.load_model(path))
+    resumed = keras.saving.load_model(path)  # nothing else to call: the callback feeds it
     assert isinstance(resumed.optimizer, VeLO)
     assert resumed.optimizer.diagnostics()["iteration"] == 4
-    resumed.fit(x, y, batch_size=BATCH, epochs=1, shuffle=False, verbose=0)
+    resumed.fit(x, y, batch_size=BATCH, epochs=1, shuffle=False, verbose=0,
+                callbacks=[keras_velo.VeLOCallback()])
 
     for a, b in zip(_weights(resumed), _weights(straight)):
         if BACKEND in ("jax", "tensorflow"):
@@ -377,7 +436,7 @@ def test_monitor_logs_reach_history_and_tensorboard(tmp_path):
     paths = [v.path for v in model.trainable_variables]
     assert all(f"velo/lr_mult/{p}" in logs for p in paths)
     assert all(f"velo/loss_feature_{i}" in logs for i in range(9))
-    assert not any(k.startswith("_velo/") for k in logs)
+    assert not any(k.startswith("_velo") for k in logs)
     import tensorflow as tf
 
     tags = set()

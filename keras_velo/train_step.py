@@ -1,0 +1,104 @@
+"""Keras train steps that hand VeLO the loss of their own batch.
+
+Keras never passes the loss to an optimizer, and VeLO reads it at every
+update. `feed_loss_to_velo(model)` gives one model instance (its class is
+untouched) a train step that writes the batch's unscaled mean loss (after
+regularisation losses, before any loss scaling) into VeLO's loss variable
+right before the update, exactly once per update:
+
+* TensorFlow and PyTorch: Keras' own train step, with the loss captured
+  where Keras hands it to `optimizer.scale_loss`;
+* JAX: that call happens inside `jax.grad`, whose writes are discarded, so
+  the step is Keras' JAX train step with the loss passed to
+  `stateless_apply`.
+
+A `LossScaleOptimizer` around VeLO (mixed_float16) is looked through. When
+the model is compiled with another optimizer, the installed step is
+exactly the class's own, so a model can leave VeLO by recompiling.
+
+`keras_velo.VeLOCallback` calls this when `fit` starts; `keras_velo.attach`
+calls it at once (for `train_on_batch`).
+"""
+
+import types
+
+import keras
+
+from keras_velo.optimizer import find_velo
+
+
+def feed_loss_to_velo(model):
+    """Installs the loss-feeding train step on `model` (idempotent); returns `model`.
+
+    The compiled train function is dropped the first time only, so that
+    Keras rebuilds it with the new step; later calls change nothing.
+    """
+    if getattr(model, "_keras_velo_feeds_loss", False):
+        return model
+    if keras.backend.backend() == "jax":
+        model.train_step = types.MethodType(_jax_train_step, model)
+    else:
+        model.train_step = types.MethodType(_capturing_train_step, model)
+    model.train_function = None  # rebuild with the new train step
+    model._keras_velo_feeds_loss = True
+    return model
+
+
+def feeds_loss_to_velo(model):
+    """True once `feed_loss_to_velo(model)` has run on this instance."""
+    return getattr(model, "_keras_velo_feeds_loss", False)
+
+
+def _capturing_train_step(self, data):
+    """TF / torch: Keras' train step, with the loss captured at `scale_loss`."""
+    keras_train_step = type(self).train_step
+    optimizer = self.optimizer
+    velo = find_velo(optimizer)
+    if velo is None:
+        return keras_train_step(self, data)
+    original_scale_loss = optimizer.scale_loss
+
+    def scale_loss(loss):
+        velo.assign(velo.loss_variable, keras.ops.cast(keras.ops.stop_gradient(loss), "float32"))
+        return original_scale_loss(loss)
+
+    optimizer.scale_loss = scale_loss
+    try:
+        with velo.loss_fed_by_train_step():
+            return keras_train_step(self, data)
+    finally:
+        del optimizer.scale_loss  # back to the class's method
+
+
+def _jax_train_step(self, state, data):
+    """Keras' JAX train step, passing the unscaled loss to VeLO."""
+    import jax
+
+    velo = find_velo(self.optimizer)
+    if velo is None:
+        return type(self).train_step(self, state, data)
+    trainable, non_trainable, optimizer_values, metrics = state
+    x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+    grad_fn = jax.value_and_grad(self.compute_loss_and_updates, has_aux=True)
+    (_, aux), grads = grad_fn(
+        trainable,
+        non_trainable,
+        metrics,
+        x,
+        y,
+        sample_weight,
+        training=True,
+        optimizer_variables=optimizer_values,
+    )
+    unscaled_loss, y_pred, non_trainable, metrics = aux
+    index = {id(v): i for i, v in enumerate(self.optimizer.variables)}
+    optimizer_values = list(optimizer_values)
+    optimizer_values[index[id(velo.loss_variable)]] = unscaled_loss.astype("float32")
+    with velo.loss_fed_by_train_step():
+        trainable, optimizer_values = self.optimizer.stateless_apply(
+            optimizer_values, grads, trainable
+        )
+    logs, metrics = self._update_metrics_variables(
+        metrics, unscaled_loss, x, y, y_pred, sample_weight
+    )
+    return logs, (trainable, non_trainable, optimizer_values, metrics)
