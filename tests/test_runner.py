@@ -45,29 +45,55 @@ def test_log_records_and_step_stop(tmp_path):
     assert run_trial(tiny_workload(), submission, 0, tmp_path) == "skipped"
 
 
-def test_baselines_run_until_both_budgets_are_spent(tmp_path):
+class StepClock:
+    """A fake clock under which training step k takes `durations[k]` seconds (the last one repeats).
+
+    The runner reads the clock twice per step (before and after it), so the
+    stop rules are tested whatever the machine's speed.
+    """
+
+    def __init__(self, durations):
+        self.durations, self.now, self.calls = list(durations), 0.0, 0
+
+    def __call__(self):
+        if self.calls % 2 == 1:  # the end of a step
+            step = self.calls // 2
+            self.now += self.durations[min(step, len(self.durations) - 1)]
+        self.calls += 1
+        return self.now
+
+
+@pytest.mark.parametrize(
+    "durations, expected_steps, crossing_step",
+    [
+        ([0.25], 6, 6),          # the step budget (4) is spent first: trains on until 1.5 s
+        ([2.0, 0.25], 4, 1),     # compilation spends the time budget in step 1: stops at the step budget
+        ([0.01], 80, None),      # neither spent before the cap of 20 x the step budget
+    ],
+    ids=["time-last", "time-first", "step-cap"],
+)
+def test_baselines_run_until_both_budgets_are_spent(tmp_path, durations, expected_steps, crossing_step):
     from evaluation.runner import MAX_STEPS_FACTOR
 
     workload = tiny_workload(num_steps=4, max_seconds=1.5)
-    run_trial(workload, make_submissions()["nesterov"], 1, tmp_path)
+    run_trial(workload, make_submissions()["nesterov"], 1, tmp_path, clock=StepClock(durations))
     records = read_records(run_path(tmp_path, workload.name, "nesterov", 1))
     end = records[-1]
-    step_cap = MAX_STEPS_FACTOR * workload.num_steps
-    assert end["steps"] >= 4
-    assert end["train_seconds"] >= 1.5 or end["steps"] == step_cap, "stops when both budgets (or the cap) are spent"
-    at_step_budget = next(r for r in records if r["type"] == "train" and r["step"] == 4)
-    if at_step_budget["train_seconds"] < 1.5:  # time left after the step budget: it must train on
-        assert end["steps"] > 4
-    crossing = [r for r in records if r["type"] == "eval" and r["train_seconds"] >= 1.5]
-    assert len(crossing) == (1 if end["train_seconds"] >= 1.5 else 0), "one evaluation when the time budget is crossed"
+    assert end["steps"] == expected_steps <= MAX_STEPS_FACTOR * workload.num_steps
+    evals = [r for r in records if r["type"] == "eval"]
+    assert evals[-1]["step"] == expected_steps  # the end is always evaluated
+    over = [r["step"] for r in evals if r["train_seconds"] >= 1.5]
+    # One evaluation at the first step past the time budget (and the final one).
+    assert over[:1] == ([] if crossing_step is None else [crossing_step])
+    assert set(over) <= {crossing_step, expected_steps}
 
 
 def test_velo_time_mode_feeds_the_time_fraction(tmp_path):
     workload = tiny_workload(num_steps=1000, max_seconds=0.5)
     submission = make_submissions()["velo-time-100"]
-    run_trial(workload, submission, 0, tmp_path)
+    run_trial(workload, submission, 0, tmp_path, clock=StepClock([0.125]))
     end = read_records(run_path(tmp_path, workload.name, submission.name, 0))[-1]
-    assert 0.5 <= end["train_seconds"] and end["steps"] < 1000
+    assert end["train_seconds"] == 0.5 and end["steps"] == 4  # stopped by the time budget
 
 
 def test_diverging_runs_are_marked(tmp_path):
