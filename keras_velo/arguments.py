@@ -1,34 +1,106 @@
-"""Checks of `VeLO`'s constructor arguments, each error naming the value and the fix."""
+"""Checks of `VeLO`'s constructor arguments, each error naming the value and the fix.
 
+Every check rejects booleans (`True` is an `int` to Python, never a step
+count or a decay), non-finite numbers (a NaN step size would write NaN into
+every weight at the first update) and values out of range.
+"""
+
+import math
 import numbers
+
+# What each integer argument counts, and an example of a good value.
+_COUNTS = {
+    "total_steps": (
+        "the number of updates training will run; VeLO's training fraction "
+        "is iteration / total_steps",
+        "epochs * steps_per_epoch",
+    ),
+    "max_training_steps": (
+        "the longest horizon VeLO runs one update per step for; longer "
+        "runs average consecutive gradients",
+        "150_000, the reference's",
+    ),
+    "max_consecutive_skips": (
+        "how many updates in a row may be skipped for NaN/inf before "
+        "training stops with NonFiniteTrainingError",
+        "100, the default",
+    ),
+}
+
+
+def _kind(value):
+    return f"{value!r} of type {type(value).__name__}"
 
 
 def positive_int(name, value):
     """`value` as an int, or a ValueError saying why it is not a positive integer."""
+    meaning, example = _COUNTS.get(name, ("a count", "1"))
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise ValueError(
-            f"`{name}` must be a positive integer (the number of training "
-            f"steps), got {value!r} of type {type(value).__name__}. "
-            f"Pass e.g. {name}=epochs * steps_per_epoch."
+            f"`{name}` must be a positive integer ({meaning}), got {_kind(value)}. "
+            f"Pass e.g. {name}={example}."
         )
     if value <= 0:
         raise ValueError(
-            f"`{name}` must be a positive integer, got {value}. VeLO uses it "
-            "for the fraction of training done; pass the number of updates "
-            "you will run."
+            f"`{name}` must be a positive integer ({meaning}), got {value}. "
+            f"Pass e.g. {name}={example}."
         )
     return int(value)
 
 
-def non_negative_float(name, value):
-    if not isinstance(value, numbers.Real) or value < 0:
-        raise ValueError(f"`{name}` must be a float >= 0, got {value!r}.")
+def _finite_real(name, value, what):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(f"`{name}` must be {what}, got {_kind(value)}.")
+    if not math.isfinite(value):
+        raise ValueError(
+            f"`{name}` must be {what}, got {value!r}: a non-finite value would "
+            "corrupt every update."
+        )
     return float(value)
+
+
+def non_negative_float(name, value):
+    """A finite float >= 0 (VeLO's coupled weight decay)."""
+    value = _finite_real(name, value, "a finite number >= 0")
+    if value < 0:
+        raise ValueError(f"`{name}` must be a finite number >= 0, got {value!r}.")
+    return value
 
 
 def optional_positive_seconds(name, value):
+    """None, or a finite number of seconds > 0 (the time budget)."""
     if value is None:
         return None
-    if not isinstance(value, numbers.Real) or value <= 0:
-        raise ValueError(f"`{name}` must be a positive number of seconds, got {value!r}.")
-    return float(value)
+    value = _finite_real(name, value, "a positive, finite number of seconds (or None)")
+    if value <= 0:
+        raise ValueError(
+            f"`{name}` must be a positive, finite number of seconds (or None), got {value!r}."
+        )
+    return value
+
+
+def step_multiplier(name, value):
+    """VeLO's `learning_rate`: a finite float > 0, or a schedule / callable (left to Keras)."""
+    import keras
+
+    if isinstance(value, keras.optimizers.schedules.LearningRateSchedule) or callable(value):
+        return value
+    value = _finite_real(
+        name, value, "a positive, finite multiplier of VeLO's step (1.0 is the reference) or a schedule"
+    )
+    if value <= 0:
+        raise ValueError(
+            f"`{name}` must be a positive multiplier of VeLO's step (1.0 is the "
+            f"reference; below 1 damps it), got {value!r}."
+        )
+    return value
+
+
+def integer_seed(name, value):
+    """An integer seed (the random init's, used with weights=None)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ValueError(
+            f"`{name}` must be an integer (the seed of the random init used "
+            f"with weights=None), got {_kind(value)}."
+        )
+    return int(value)

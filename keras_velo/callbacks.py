@@ -113,7 +113,8 @@ class VeLOCallback(keras.callbacks.Callback):
         if velo is None:
             return
         health = _health_values(self._model, velo)
-        check_skips(health["consecutive_skips"], health["skipped_steps"], velo.max_consecutive_skips)
+        check_skips(health["consecutive_skips"], health["skipped_steps"],
+                    velo.max_consecutive_skips, health["skip_cause"])
         check_horizon(velo, health["iteration"])
         if velo.time_budget is not None and self._training_seconds() >= velo.time_budget:
             self._model.stop_training = True

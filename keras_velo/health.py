@@ -1,8 +1,10 @@
 """Warnings and errors about a VeLO run going wrong, shared by eager and `fit` paths.
 
-* Skipped updates: a non-finite loss or gradient leaves parameters and every
-  piece of VeLO's state unchanged (`prefab_update(skip_non_finite=True)`);
-  each one is counted and warned about, and too many in a row raise.
+* Skipped updates: a non-finite loss, gradient, step or LSTM state leaves
+  the parameters and every piece of VeLO's state unchanged
+  (`prefab_update(skip_non_finite=True)`); each one is counted and warned
+  about with its cause, and too many in a row raise. What VeLO cannot keep
+  is said too: layer statistics Keras updates outside the optimizer.
 * Running past `total_steps`: VeLO keeps going exactly as the reference does
   (the training fraction exceeds 1; its features saturate past 1.1), with
   one warning per optimizer.
@@ -25,20 +27,45 @@ class NonFiniteTrainingError(RuntimeError):
     """VeLO skipped too many consecutive updates because of NaN/inf values."""
 
 
-def check_skips(consecutive_skips, skipped_steps, max_consecutive_skips):
-    """Warns if the last update was skipped; raises after too many in a row."""
+SKIP_CAUSES = {
+    1: "the training loss was NaN or infinite",
+    2: "a gradient was NaN or infinite",
+    3: (
+        "VeLO's own update was not finite although the loss and gradients "
+        "were (check learning_rate, time_budget and the weights it runs with)"
+    ),
+}
+"""Why an update was skipped, by the code VeLO records (`health_variables()["skip_cause"]`)."""
+
+KEPT = {
+    1: "VeLO left the trainable parameters and all of its own state unchanged",
+    2: "VeLO left the trainable parameters and all of its own state unchanged",
+    3: (
+        "VeLO left the trainable parameters, its step count, loss history and "
+        "LSTM state unchanged; its momentum and second-moment accumulators "
+        "took in this step's (finite) gradients"
+    ),
+}
+NOT_KEPT = (
+    "layer statistics that Keras updates outside the optimizer (e.g. "
+    "BatchNormalization's moving mean and variance) were updated from this "
+    "batch and may now be NaN"
+)
+
+
+def check_skips(consecutive_skips, skipped_steps, max_consecutive_skips, skip_cause=None):
+    """Warns if the last update was skipped (saying why); raises after too many in a row."""
+    cause = SKIP_CAUSES.get(skip_cause, "the loss, a gradient or the update was NaN or infinite")
     if consecutive_skips >= max_consecutive_skips:
         raise NonFiniteTrainingError(
-            f"VeLO skipped {consecutive_skips} consecutive updates because the "
-            f"loss or a gradient was NaN or infinite ({skipped_steps} skipped in "
-            f"all); parameters are unchanged since the last finite step. "
-            + SKIP_ADVICE
+            f"VeLO skipped {consecutive_skips} consecutive updates; the last one "
+            f"because {cause} ({skipped_steps} skipped in all). Trainable "
+            "parameters are unchanged since the last finite step. " + SKIP_ADVICE
         )
     if consecutive_skips > 0:
         warnings.warn(
-            "VeLO skipped an update: the loss or a gradient was NaN or "
-            f"infinite ({skipped_steps} skipped so far; parameters and optimizer "
-            "state were left unchanged).",
+            f"VeLO skipped an update because {cause} ({skipped_steps} skipped "
+            f"so far). {KEPT.get(skip_cause, KEPT[1])}; {NOT_KEPT}.",
             RuntimeWarning,
             stacklevel=3,
         )
@@ -81,5 +108,6 @@ def check_health_if_eager(optimizer, variables):
     if not _is_concrete(variables["consecutive_skips"].value):
         return
     value = lambda name: int(ops.convert_to_numpy(variables[name].value))  # noqa: E731
-    check_skips(value("consecutive_skips"), value("skipped_steps"), optimizer.max_consecutive_skips)
+    check_skips(value("consecutive_skips"), value("skipped_steps"),
+                optimizer.max_consecutive_skips, value("skip_cause"))
     check_horizon(optimizer, value("iteration"))

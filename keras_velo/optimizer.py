@@ -148,6 +148,8 @@ class VeLO(keras.optimizers.Optimizer):
         name="velo",
         **kwargs,
     ):
+        learning_rate = arguments.step_multiplier("learning_rate", learning_rate)
+        seed = arguments.integer_seed("seed", seed)
         super().__init__(learning_rate=learning_rate, name=name, **kwargs)
         if total_steps is not None:
             total_steps = arguments.positive_int("total_steps", total_steps)
@@ -402,6 +404,11 @@ class VeLO(keras.optimizers.Optimizer):
         skipped = ops.cast(diagnostics.skipped, "int32")
         self.assign(velo.skipped_steps, velo.skipped_steps.value + skipped)
         self.assign(velo.consecutive_skips, (velo.consecutive_skips.value + 1) * skipped)
+        loss_finite = ops.isfinite(self.loss_variable.value)
+        cause = ops.where(
+            ops.logical_not(loss_finite), 1, ops.where(diagnostics.gradients_finite, 3, 2)
+        )
+        self.assign(velo.last_skip_cause, ops.cast(cause, "int32") * skipped)
         self.assign(velo.last_fraction, diagnostics.fraction_trained)
         self.assign(velo.last_loss_features, diagnostics.loss_features)
         for variable, value in ((velo.last_lr_mult, diagnostics.lr_mult),
@@ -419,6 +426,7 @@ class VeLO(keras.optimizers.Optimizer):
         return {
             "consecutive_skips": self._velo.consecutive_skips,
             "skipped_steps": self._velo.skipped_steps,
+            "skip_cause": self._velo.last_skip_cause,
             "iteration": self._velo.state.iteration,
         }
 

@@ -106,6 +106,8 @@ class StateVariables:
             )
         self.skipped_steps = self._new((), "velo_skipped_steps", dtype="int32")
         self.consecutive_skips = self._new((), "velo_consecutive_skips", dtype="int32")
+        # Why the last update was skipped: `health.SKIP_CAUSES` (0: it was not).
+        self.last_skip_cause = self._new((), "velo_last_skip_cause", dtype="int32")
         self.last_loss_features = self._new((9,), "velo_last_loss_features")
         self.last_fraction = self._new((), "velo_last_fraction_trained")
         self.last_lr_mult = self._new((layout.num_tensors,), "velo_last_lr_mult")

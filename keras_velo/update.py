@@ -92,7 +92,8 @@ class StepDiagnostics(NamedTuple):
 
     Fields: `fraction_trained` `[]`, `loss_features` `[9]`, `lr_mult` `[N]`
     (the per-tensor step multipliers; 0 on calls that only accumulate),
-    `skipped` `[]` bool (the update was dropped: non-finite loss or gradient),
+    `skipped` `[]` bool (the update was dropped: a non-finite loss, gradient,
+    step or LSTM state),
     `step_rms` `[N]` (root mean square of each tensor's step; 0 on calls that
     only accumulate), `gradients_finite` `[]` bool (every gradient was finite).
     """
@@ -311,7 +312,13 @@ def packed_update(theta, state, layout, params, grads, loss, step_scale=1.0,
     if skip_non_finite:
         # The accumulators were already kept if the loss or a gradient was
         # not finite; a non-finite step also keeps the rest.
-        finite = ops.logical_and(inputs_finite, ops.all(ops.isfinite(step_squares)))
+        # The update itself: every step, and the LSTM state it carries on
+        # (a NaN training fraction or theta shows there first).
+        update_finite = ops.logical_and(
+            ops.all(ops.isfinite(step_squares)),
+            ops.logical_and(ops.all(ops.isfinite(hidden)), ops.all(ops.isfinite(cell))),
+        )
+        finite = ops.logical_and(inputs_finite, update_finite)
         keep = lambda new, old: ops.where(finite, new, old)  # noqa: E731
         new_params = [
             None if new is None else keep(new, old)

@@ -234,7 +234,7 @@ def test_a_nan_batch_is_skipped_and_changes_nothing():
                 self.after_first = (_weights(self.model), velo.velo_state())
 
     snap = Snapshot()
-    with pytest.warns(RuntimeWarning, match="VeLO skipped an update"):
+    with pytest.warns(RuntimeWarning, match="because the training loss was NaN .* BatchNormalization"):
         model.fit(x_bad, y, batch_size=BATCH, epochs=1, shuffle=False, verbose=0, callbacks=[snap])
     weights_before, state_before = snap.after_first
     for a, b in zip(_weights(model), weights_before):
@@ -261,12 +261,34 @@ def test_eager_apply_skips_non_finite_loss():
     velo.apply(grads, variables, loss=1.0)
     before = ops.convert_to_numpy(variables[0].value)
     state = velo.velo_state()
-    with pytest.warns(RuntimeWarning, match="VeLO skipped an update"):
+    with pytest.warns(RuntimeWarning, match="because the training loss was NaN"):
         velo.apply(grads, variables, loss=float("nan"))
     np.testing.assert_array_equal(ops.convert_to_numpy(variables[0].value), before)
     assert int(velo.velo_state().iteration) == int(state.iteration)
-    with pytest.raises(NonFiniteTrainingError):
+    with pytest.raises(NonFiniteTrainingError, match="because a gradient was NaN"):
         velo.apply([np.full((3, 2), np.inf, "float32")], variables, loss=1.0)
+
+
+def test_a_non_finite_update_is_skipped_with_its_real_cause():
+    """Finite loss and gradients, but a step multiplier that turned NaN (a schedule, say)."""
+    velo = VeLO(total_steps=8, weights=THETA)
+    variables = [keras.Variable(np.ones((3, 2), "float32")), keras.Variable(np.zeros((2,), "float32"))]
+    grads = [np.full((3, 2), 0.1, "float32"), np.full((2,), 0.1, "float32")]
+    velo.apply(grads, variables, loss=1.0)
+    before, state = [ops.convert_to_numpy(v.value) for v in variables], velo.velo_state()
+    velo.learning_rate.assign(float("nan"))
+    with pytest.warns(RuntimeWarning, match="VeLO's own update was not finite.*accumulators took in"):
+        velo.apply(grads, variables, loss=1.0)
+    for v, b in zip(variables, before):
+        np.testing.assert_array_equal(ops.convert_to_numpy(v.value), b)
+    after = velo.velo_state()
+    assert int(after.iteration) == int(state.iteration)
+    kept = [after.loss_buffer] + [(t.lstm_hidden, t.lstm_cell) for t in after.tensors]
+    was = [state.loss_buffer] + [(t.lstm_hidden, t.lstm_cell) for t in state.tensors]
+    for a, b in zip(keras.tree.flatten(kept), keras.tree.flatten(was)):
+        np.testing.assert_array_equal(a, b)
+    assert all(np.isfinite(a).all() for a in keras.tree.flatten(after) if a is not None)
+    assert velo.skipped_steps == 1
 
 
 # ----------------------------------------------------- saving and resuming

@@ -88,8 +88,34 @@ def test_apply_and_apply_gradients_agree(theta_optimizer):
 
 @pytest.mark.parametrize("bad", [0, -5])
 def test_total_steps_must_be_positive(bad):
-    with pytest.raises(ValueError, match=rf"`total_steps` must be a positive integer, got {bad}"):
+    with pytest.raises(ValueError, match=rf"`total_steps` must be a positive integer .*, got {bad}\. Pass"):
         VeLO(total_steps=bad, weights=None)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"learning_rate": float("nan")}, r"`learning_rate` must be a positive, finite .* got nan"),
+        ({"learning_rate": float("inf")}, r"`learning_rate` .* got inf"),
+        ({"learning_rate": -1.0}, r"`learning_rate` must be a positive multiplier .* got -1.0"),
+        ({"learning_rate": 0}, r"`learning_rate` must be a positive multiplier .* got 0"),
+        ({"time_budget": float("nan")}, r"`time_budget` must be a positive, finite number of seconds .* got nan"),
+        ({"time_budget": -3}, r"`time_budget` .* got -3"),
+        ({"weight_decay": float("nan")}, r"`weight_decay` must be a finite number >= 0, got nan"),
+        ({"weight_decay": float("inf")}, r"`weight_decay` .* got inf"),
+        ({"weight_decay": True}, r"`weight_decay` .* got True of type bool"),
+        ({"weight_decay": -1e-3}, r"`weight_decay` .* got -0.001"),
+        ({"seed": "abc"}, r"`seed` must be an integer .* got 'abc' of type str"),
+        ({"seed": 1.5}, r"`seed` must be an integer"),
+        ({"max_consecutive_skips": 0}, r"`max_consecutive_skips` must be a positive integer \(how many updates"),
+        ({"max_consecutive_skips": True}, r"`max_consecutive_skips` .* got True of type bool"),
+        ({"max_training_steps": 0}, r"`max_training_steps` must be a positive integer \(the longest horizon"),
+    ],
+)
+def test_every_argument_is_validated(kwargs, message):
+    """Each bad value is named, with what the argument means; nothing is accepted silently."""
+    with pytest.raises(ValueError, match=message):
+        VeLO(total_steps=10, weights=None, **kwargs)
 
 
 @pytest.mark.parametrize("bad", [2.5, 100.0, "100", True])
