@@ -24,6 +24,7 @@ from keras_velo.pretrained import resolve_saved_weights, resolve_weights
 from keras_velo.state_variables import StateVariables
 from keras_velo.state_view import tensor_states
 from keras_velo.theta import CheckpointError, flatten_theta, unflatten_theta
+from keras_velo.theta_by_name import FINGERPRINT_KEY, bundled_fingerprint, fingerprint
 
 DEFAULT_MAX_CONSECUTIVE_SKIPS = 100
 
@@ -417,9 +418,51 @@ class VeLO(keras.optimizers.Optimizer):
                 value = ops.where(ops.convert_to_tensor(active), value, variable.value)
             self.assign(variable, value)
 
+    # ------------------------------------------------------------------ saving
+
+    def _theta_fingerprint(self):
+        return fingerprint(
+            {p: ops.convert_to_numpy(v.value) for p, v in self._velo.theta.items()}
+        )
+
+    def _saves_theta_by_name(self):
+        """The fingerprint if theta is the unmodified bundled one (saved by name), else None."""
+        if self.weights_spec != "bundled" or not self.built:
+            return None
+        value = self._theta_fingerprint()
+        return value if bytes(value) == bundled_fingerprint() else None
+
+    def save_own_variables(self, store):
+        """Keras' saving; the bundled theta is written as a fingerprint (`theta_by_name.py`)."""
+        by_name = self._saves_theta_by_name()
+        if by_name is None:
+            return super().save_own_variables(store)
+        theta_ids = {id(v) for v in self._velo.theta.values()}
+        for i, variable in enumerate(self.variables):
+            if id(variable) not in theta_ids:
+                store[str(i)] = variable.numpy()
+        store[FINGERPRINT_KEY] = by_name
+
     def load_own_variables(self, store):
-        super().load_own_variables(store)
-        self._theta_error = None  # theta came back with the saved variables
+        """Keras' loading; a theta saved by name is checked against the installed bundled one."""
+        if FINGERPRINT_KEY not in store.keys():
+            super().load_own_variables(store)
+            self._theta_error = None  # theta came back with the saved variables
+            return
+        saved = bytes(np.asarray(store[FINGERPRINT_KEY], np.uint8))
+        if not self.built or bytes(self._theta_fingerprint()) != saved:
+            raise CheckpointError(
+                "This VeLO optimizer was saved with weights='bundled' by name (SHA-256 "
+                f"{saved.hex()[:16]}...), but the bundled weights installed here differ "
+                f"({bundled_fingerprint().hex()[:16]}...): it was saved with another "
+                "version of keras-velo. Install that version to resume exactly, or "
+                "load the model with `compile=False` and compile it with a new VeLO."
+            )
+        theta_ids = {id(v) for v in self._velo.theta.values()}
+        for i, variable in enumerate(self.variables):
+            if id(variable) not in theta_ids:
+                variable.assign(store[str(i)])
+        self._theta_error = None
 
     def health_variables(self):
         """`{name: variable}` of the counters the `fit` guard watches (after `build`)."""

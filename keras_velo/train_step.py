@@ -16,6 +16,13 @@ A `LossScaleOptimizer` around VeLO (mixed_float16) is looked through. When
 the model is compiled with another optimizer, the installed step is
 exactly the class's own, so a model can leave VeLO by recompiling.
 
+When VeLO skips an update (a NaN/inf loss, gradient or step), the step
+also puts back the model's non-trainable variables (BatchNormalization's
+moving mean and variance, ...), which Keras updates during the forward
+pass, outside the optimizer: a NaN batch then leaves the whole model as it
+was. This costs one copy of the non-trainable variables per step (small:
+normalisation statistics), taken inside the compiled step.
+
 `keras_velo.VeLOCallback` calls this when `fit` starts; `keras_velo.attach`
 calls it at once (for `train_on_batch`).
 """
@@ -63,11 +70,18 @@ def _capturing_train_step(self, data):
         return original_scale_loss(loss)
 
     optimizer.scale_loss = scale_loss
+    statistics = self.non_trainable_variables
+    before = [keras.ops.copy(v.value) for v in statistics]
     try:
         with velo.loss_fed_by_train_step():
-            return keras_train_step(self, data)
+            logs = keras_train_step(self, data)
     finally:
         del optimizer.scale_loss  # back to the class's method
+    if statistics:
+        skipped = keras.ops.greater(velo.health_variables()["consecutive_skips"].value, 0)
+        for variable, old in zip(statistics, before):
+            variable.assign(keras.ops.where(skipped, old, variable.value))
+    return logs
 
 
 def _jax_train_step(self, state, data):
@@ -90,6 +104,7 @@ def _jax_train_step(self, state, data):
         training=True,
         optimizer_variables=optimizer_values,
     )
+    old_non_trainable = non_trainable
     unscaled_loss, y_pred, non_trainable, metrics = aux
     index = {id(v): i for i, v in enumerate(self.optimizer.variables)}
     optimizer_values = list(optimizer_values)
@@ -98,6 +113,10 @@ def _jax_train_step(self, state, data):
         trainable, optimizer_values = self.optimizer.stateless_apply(
             optimizer_values, grads, trainable
         )
+    skipped = optimizer_values[index[id(velo.health_variables()["consecutive_skips"])]] > 0
+    non_trainable = [
+        jax.numpy.where(skipped, old, new) for old, new in zip(old_non_trainable, non_trainable)
+    ]
     logs, metrics = self._update_metrics_variables(
         metrics, unscaled_loss, x, y, y_pred, sample_weight
     )

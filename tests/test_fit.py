@@ -245,6 +245,24 @@ def test_a_nan_batch_is_skipped_and_changes_nothing():
     assert velo.skipped_steps == 1
 
 
+def test_a_nan_batch_leaves_batchnorm_statistics_as_they_were():
+    """Keras updates moving statistics in the forward pass; a skipped step puts them back."""
+    x, y = _data(32)
+    x_bad = x.copy()
+    x_bad[BATCH:] = np.nan  # the second batch is all NaN
+    model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(8), keras.layers.BatchNormalization(),
+                              keras.layers.Dense(1)])
+    model.compile(optimizer=VeLO(total_steps=8, weights=THETA), loss="mse", jit_compile=JIT)
+    model.fit(x[:BATCH], y[:BATCH], batch_size=BATCH, epochs=1, verbose=0, callbacks=[keras_velo.VeLOCallback()])
+    statistics = [ops.convert_to_numpy(v.value) for v in model.layers[1].non_trainable_variables]
+    with pytest.warns(RuntimeWarning, match="VeLO skipped an update"):
+        model.fit(x_bad[BATCH:], y[BATCH:], batch_size=BATCH, epochs=1, verbose=0,
+                  callbacks=[keras_velo.VeLOCallback()])
+    for variable, before in zip(model.layers[1].non_trainable_variables, statistics):
+        np.testing.assert_array_equal(ops.convert_to_numpy(variable.value), before)
+    assert np.isfinite(model.predict(x, verbose=0)).all()
+
+
 def test_many_consecutive_skips_raise():
     x, y = _data(64)
     model = _compiled(VeLO(total_steps=8, weights=THETA, max_consecutive_skips=3))
@@ -319,6 +337,39 @@ def test_save_load_and_resume_like_an_uninterrupted_run(tmp_path):
     for a, b in zip(state_a, state_b):
         if a is not None:
             np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+
+
+def test_bundled_weights_travel_by_name(tmp_path, monkeypatch):
+    """A .keras file with weights="bundled" holds a fingerprint, not 9.3 MB; resume stays exact."""
+    x, y = _data()
+    straight = _compiled(VeLO(total_steps=8, weights="bundled"))
+    straight.fit(x, y, batch_size=BATCH, epochs=2, shuffle=False, verbose=0)
+    first = _compiled(VeLO(total_steps=8, weights="bundled"))
+    first.fit(x, y, batch_size=BATCH, epochs=1, shuffle=False, verbose=0)
+    first.save(tmp_path / "bundled.keras")
+    by_value = _compiled(VeLO(total_steps=8, weights=THETA))
+    by_value.fit(x, y, batch_size=BATCH, epochs=1, verbose=0)
+    by_value.save(tmp_path / "by_value.keras")
+    assert (tmp_path / "bundled.keras").stat().st_size < 1_000_000 < (tmp_path / "by_value.keras").stat().st_size
+
+    resumed = keras.saving.load_model(tmp_path / "bundled.keras")
+    resumed.fit(x, y, batch_size=BATCH, epochs=1, shuffle=False, verbose=0, callbacks=[keras_velo.VeLOCallback()])
+    for a, b in zip(_weights(resumed), _weights(straight)):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+
+    # Another version's bundled weights: the restored theta differs from the saved one.
+    resolve = keras_velo.optimizer.resolve_saved_weights
+
+    def other_version(weights, seed=0):
+        theta, description, error = resolve(weights, seed=seed)
+        theta = {k: dict(v) if isinstance(v, dict) else v for k, v in theta.items()}
+        theta["rnn_params"]["rnn/linear"] = {"w": theta["rnn_params"]["rnn/linear"]["w"] + 1.0,
+                                             "b": theta["rnn_params"]["rnn/linear"]["b"]}
+        return theta, description, error
+
+    monkeypatch.setattr(keras_velo.optimizer, "resolve_saved_weights", other_version)
+    with pytest.raises(Exception, match="another version of keras-velo"):
+        keras.saving.load_model(tmp_path / "bundled.keras")
 
 
 def test_theta_travels_with_the_saved_model(tmp_path, monkeypatch):
