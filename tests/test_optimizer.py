@@ -141,7 +141,7 @@ def test_numpy_integers_are_accepted():
 
 @pytest.mark.parametrize("bad", [-1.0, "0.1"])
 def test_weight_decay_must_be_non_negative(bad):
-    with pytest.raises(ValueError, match="`weight_decay` must be a float >= 0"):
+    with pytest.raises(ValueError, match="`weight_decay` must be a finite number >= 0"):
         VeLO(total_steps=10, weights=None, weight_decay=bad)
 
 
