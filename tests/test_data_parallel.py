@@ -16,6 +16,7 @@ import pytest
 import golden_data
 
 
+@pytest.mark.slow
 @pytest.mark.backends("jax")
 def test_data_parallel_matches_one_device():
     script = Path(__file__).with_name("data_parallel_script.py")

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-pytestmark = pytest.mark.backends("jax")  # one backend is enough: the pipeline is backend-independent
+pytestmark = [pytest.mark.backends("jax"), pytest.mark.slow]  # one backend is enough: the pipeline is backend-independent
 
 SUBMISSIONS = "adam,nesterov,velo-100,velo-75,velo-time-100,adam-lr0.001,adam-lr0.01"
 WORKLOADS = "image_mlp-smallest,autoencoder-smallest"

@@ -15,7 +15,7 @@ import sys
 import numpy as np
 import pytest
 
-pytestmark = pytest.mark.backends("jax")
+pytestmark = [pytest.mark.backends("jax"), pytest.mark.slow]
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 
