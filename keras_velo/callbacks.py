@@ -12,7 +12,7 @@ import time
 import keras
 import numpy as np
 
-from keras_velo.health import check_horizon, check_skips
+from keras_velo.health import check_dropped_updates, check_horizon, check_skips
 from keras_velo.optimizer import find_velo
 from keras_velo.train_step import feed_loss_to_velo
 
@@ -65,6 +65,8 @@ class VeLOCallback(keras.callbacks.Callback):
         super().__init__()
         self._elapsed = 0.0
         self._clock_started = None
+        self._start = None
+        self._batches = self._epoch_batches = 0
 
     def set_model(self, model):
         super().set_model(model)
@@ -85,6 +87,8 @@ class VeLOCallback(keras.callbacks.Callback):
                 infer_total_steps(self.params, velo.gradient_accumulation_steps)
             )
         self._elapsed, self._clock_started = 0.0, time.perf_counter()
+        self._start = _counters(velo)
+        self._batches = self._epoch_batches = 0
 
     # Evaluation time does not count against a time budget.
     def on_test_begin(self, logs=None):
@@ -112,6 +116,7 @@ class VeLOCallback(keras.callbacks.Callback):
         velo = self._velo()
         if velo is None:
             return
+        self._epoch_batches = batch + 1
         health = _health_values(self._model, velo)
         check_skips(health["consecutive_skips"], health["skipped_steps"],
                     velo.max_consecutive_skips, health["skip_cause"])
@@ -119,8 +124,25 @@ class VeLOCallback(keras.callbacks.Callback):
         if velo.time_budget is not None and self._training_seconds() >= velo.time_budget:
             self._model.stop_training = True
 
+    def on_epoch_end(self, epoch, logs=None):
+        self._batches += self._epoch_batches
+        self._epoch_batches = 0
+
     def on_train_end(self, logs=None):
         self._pause()
+        velo = self._velo()
+        if velo is not None and self._start is not None:
+            self._batches += self._epoch_batches
+            check_dropped_updates(velo, self._start, _counters(velo), self._batches)
+
+
+def _counters(velo):
+    """VeLO's (iteration, skipped_steps) now, read from its variables."""
+    variables = velo.health_variables()
+    return tuple(
+        int(keras.ops.convert_to_numpy(variables[name].value))
+        for name in ("iteration", "skipped_steps")
+    )
 
 
 def _health_values(model, velo):

@@ -83,7 +83,42 @@ def check_horizon(optimizer, velo_iteration):
         f"VeLO has run {velo_iteration} updates but was told total_steps="
         f"{horizon.total_steps}: it continues as the reference does (its "
         "training-fraction input exceeds 1), which is outside what it was "
-        "meta-trained on. Pass a larger total_steps to train longer.",
+        "meta-trained on. Pass a larger total_steps to train longer. (After "
+        "`keras.callbacks.BackupAndRestore` resumed from a mid-epoch backup, "
+        "Keras replays the interrupted epoch from its first batch, so VeLO runs "
+        "those updates twice; back up at epoch ends, `save_freq=\"epoch\"`, to "
+        "keep the count right.)",
+        RuntimeWarning,
+        stacklevel=3,
+    )
+
+
+def check_dropped_updates(optimizer, start, end, batches):
+    """Warns when batches of a `fit` never became VeLO updates, and what that did to its schedule.
+
+    `start` and `end` are VeLO's `(iteration, skipped_steps)` before and
+    after the fit, `batches` the batches it trained on. Updates VeLO
+    skipped itself were warned about already; the rest were dropped before
+    VeLO saw them, by Keras' `LossScaleOptimizer` (mixed_float16: a step
+    whose scaled gradients overflow only lowers the loss scale).
+    """
+    horizon = optimizer.horizon
+    if horizon is None or horizon.num_accumulated != 1:  # skip counts are per call then
+        return
+    accumulation = optimizer.gradient_accumulation_steps or 1
+    expected = batches // accumulation // horizon.num_accumulated
+    done, skipped = end[0] - start[0], end[1] - start[1]
+    dropped = expected - done - skipped
+    if dropped <= 0:
+        return
+    warnings.warn(
+        f"{dropped} of this fit's {expected} updates never reached VeLO: the "
+        "loss-scale optimizer (mixed_float16) dropped them because the scaled "
+        "gradients overflowed. VeLO counts only the updates it makes, so its "
+        f"training fraction ended at {end[0] / horizon.velo_steps:.3f} rather than "
+        f"{(start[0] + expected) / horizon.velo_steps:.3f}: the end of its schedule "
+        "was not reached. Train that many more steps, pass a smaller "
+        "total_steps, or use mixed_bfloat16 / float32 (no loss scaling).",
         RuntimeWarning,
         stacklevel=3,
     )

@@ -448,6 +448,20 @@ def test_mixed_precision(policy):
         assert tensor.accumulators.momentum.dtype == np.float32
 
 
+def test_updates_dropped_by_the_loss_scale_optimizer_are_reported():
+    """Keras' LossScaleOptimizer drops steps whose scaled gradients overflow; VeLO never sees them."""
+    x, y = _data()
+    velo = VeLO(total_steps=8, weights=THETA)
+    optimizer = keras.optimizers.LossScaleOptimizer(velo, initial_scale=float("inf"))  # every step overflows
+    model = _compiled(optimizer, attach=False)
+    with pytest.warns(RuntimeWarning, match=r"never reached VeLO: the loss-scale optimizer") as record:
+        model.fit(x, y, batch_size=BATCH, epochs=2, verbose=0, callbacks=[keras_velo.VeLOCallback()])
+    dropped = 8 - velo.diagnostics()["iteration"]
+    assert dropped > 0
+    message = next(str(w.message) for w in record if "never reached VeLO" in str(w.message))
+    assert message.startswith(f"{dropped} of this fit's 8 updates")
+
+
 def test_bfloat16_variables_keep_float32_state():
     x, y = _data()
     velo = VeLO(total_steps=8, weights=THETA)
