@@ -137,7 +137,10 @@ class VeLOCallback(keras.callbacks.Callback):
 
 
 def _counters(velo):
-    """VeLO's (iteration, skipped_steps) now, read from its variables."""
+    """VeLO's (iteration, skipped_steps) now, read from its variables ((0, 0) before it is built:
+    TensorFlow builds it inside the first traced step)."""
+    if not velo.built:
+        return 0, 0
     variables = velo.health_variables()
     return tuple(
         int(keras.ops.convert_to_numpy(variables[name].value))
