@@ -10,6 +10,7 @@
   one warning per optimizer.
 """
 
+import os
 import warnings
 
 import keras
@@ -67,7 +68,7 @@ def check_skips(consecutive_skips, skipped_steps, max_consecutive_skips, skip_ca
             f"VeLO skipped an update because {cause} ({skipped_steps} skipped "
             f"so far). {KEPT.get(skip_cause, KEPT[1])}; {NOT_KEPT}.",
             RuntimeWarning,
-            stacklevel=3,
+            stacklevel=_user_stacklevel(),
         )
 
 
@@ -89,7 +90,7 @@ def check_horizon(optimizer, velo_iteration):
         "those updates twice; back up at epoch ends, `save_freq=\"epoch\"`, to "
         "keep the count right.)",
         RuntimeWarning,
-        stacklevel=3,
+        stacklevel=_user_stacklevel(),
     )
 
 
@@ -120,8 +121,27 @@ def check_dropped_updates(optimizer, start, end, batches):
         "was not reached. Train that many more steps, pass a smaller "
         "total_steps, or use mixed_bfloat16 / float32 (no loss scaling).",
         RuntimeWarning,
-        stacklevel=3,
+        stacklevel=_user_stacklevel(),
     )
+
+
+_LIBRARY_DIRS = tuple(
+    os.path.dirname(os.path.abspath(module.__file__)) + os.sep for module in (keras,)
+) + (os.path.dirname(os.path.abspath(__file__)) + os.sep,)
+
+
+def _user_stacklevel():
+    """The `stacklevel` that points a warning at the first frame outside Keras and keras-velo.
+
+    A warning raised from a callback inside `fit` then names the user's
+    `model.fit(...)` line, not Keras' callback machinery.
+    """
+    import sys
+
+    frame, level = sys._getframe(1), 1  # the frame calling warnings.warn
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(_LIBRARY_DIRS):
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 def _is_concrete(value):

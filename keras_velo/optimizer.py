@@ -263,7 +263,8 @@ class VeLO(keras.optimizers.Optimizer):
             result = super().apply(grads, trainable_variables)
         finally:
             self._loss_given = outer
-        self._check_health_if_eager()
+        if not outer:  # called by the user; in fit, VeLOCallback reports (once)
+            self._check_health_if_eager()
         return result
 
     def apply_gradients(self, grads_and_vars, loss=None):

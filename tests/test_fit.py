@@ -234,8 +234,10 @@ def test_a_nan_batch_is_skipped_and_changes_nothing():
                 self.after_first = (_weights(self.model), velo.velo_state())
 
     snap = Snapshot()
-    with pytest.warns(RuntimeWarning, match="because the training loss was NaN .* BatchNormalization"):
+    with pytest.warns(RuntimeWarning, match="because the training loss was NaN .* BatchNormalization") as record:
         model.fit(x_bad, y, batch_size=BATCH, epochs=1, shuffle=False, verbose=0, callbacks=[snap])
+    skips = [w for w in record if "VeLO skipped" in str(w.message)]
+    assert len(skips) == 1 and skips[0].filename == __file__  # once, at the user's fit line
     weights_before, state_before = snap.after_first
     for a, b in zip(_weights(model), weights_before):
         np.testing.assert_array_equal(a, b)
