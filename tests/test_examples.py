@@ -1,5 +1,7 @@
 """The example scripts run, each under its own backend, in a subprocess."""
 
+import json
+import math
 import os
 import subprocess
 import sys
@@ -14,6 +16,14 @@ from task_families import datasets
 ROOT = Path(__file__).resolve().parents[1]
 THETA = str(golden_data.GOLDEN_DIR / "velo_perturbed_theta")
 BACKEND = keras.backend.backend()
+KERAS_EXAMPLES = (
+    "image_convnet",
+    "text_transformer",
+    "timeseries_forecasting",
+    "autoencoder",
+    "residual_batchnorm",
+)
+QUICK_STEPS = 6  # examples/_common.py's --quick
 
 
 def _run(args, timeout=600):
@@ -38,6 +48,50 @@ def test_quickstart_runs_and_plots(tmp_path):
     )
     assert "VeLO" in output and "Adam(1e-3)" in output
     assert out.stat().st_size > 10_000
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("example", KERAS_EXAMPLES)
+def test_example_trains_with_velo_and_writes_finite_losses(example, tmp_path):
+    record_path = tmp_path / "run.json"
+    _run([f"examples/{example}.py", "--optimizer", "velo", "--quick", "--verbose", "0",
+          "--json", str(record_path)])
+    record = json.loads(record_path.read_text())
+    assert record["example"] == example and record["backend"] == BACKEND
+    assert record["steps"] == len(record["step_losses"]) == QUICK_STEPS
+    numbers = [*record["step_losses"], record["final_train_loss"], record["metric"]["value"]]
+    assert all(math.isfinite(number) for number in numbers), numbers
+
+
+@pytest.mark.slow
+@pytest.mark.backends("jax")  # the comparison's plumbing is backend-independent; each example runs on every backend above
+def test_compare_runs_velo_adam_and_tuned_adam_side_by_side(tmp_path):
+    examples = ("timeseries_forecasting", "image_convnet")
+    command = ["examples/compare.py", "--quick", "--examples", ",".join(examples),
+               "--grid", "1e-3,3e-3", "--out", str(tmp_path)]
+    _run(command)
+
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["backend"] == BACKEND and list(results["examples"]) == list(examples)
+    for result in results["examples"].values():
+        assert result["tuned_learning_rate"] in (1e-3, 3e-3)
+        assert result["adam_default"]["learning_rate"] == 1e-3
+        for who in ("velo", "adam_default", "adam_tuned"):
+            assert math.isfinite(result[who]["final_train_loss"])
+            assert math.isfinite(result[who]["metric"])
+        assert all(math.isfinite(ratio) for ratio in result["ratios"].values())
+
+    rows = [line for line in (tmp_path / "table.md").read_text().splitlines()
+            if line.startswith("| ") and line.split(" | ")[0][2:] in examples]
+    assert [row.split(" | ")[0][2:] for row in rows] == list(examples)
+    for row in rows:
+        numbers = [float(cell) for cell in row.strip("| ").split(" | ")[2:]]
+        assert len(numbers) == 11 and all(math.isfinite(number) for number in numbers)
+    assert (tmp_path / "loss_curves.png").read_bytes()[:4] == b"\x89PNG"
+    assert (tmp_path / "loss_curves.png").stat().st_size > 10_000
+
+    again = _run(command)  # resumes: every run's JSON is there
+    assert again.count("done before, skipped") == 2 * 3
 
 
 @pytest.mark.skipif(not datasets.has_fashion_mnist(), reason="Debian dataset-fashion-mnist not installed")
