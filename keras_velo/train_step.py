@@ -51,11 +51,6 @@ def feed_loss_to_velo(model):
     return model
 
 
-def feeds_loss_to_velo(model):
-    """True once `feed_loss_to_velo(model)` has run on this instance."""
-    return getattr(model, "_keras_velo_feeds_loss", False)
-
-
 def _capturing_train_step(self, data):
     """TF / torch: Keras' train step, with the loss captured at `scale_loss`."""
     keras_train_step = type(self).train_step
