@@ -424,7 +424,7 @@ def pack(layout, tensors, always_true=None):
             f"Expected {layout.num_tensors} tensors for this layout, got {len(tensors)}."
         )
     if always_true is not None:
-        always_true = _used_outside_the_conditional(always_true, tensors)
+        always_true = _used_outside_the_conditional(always_true, tensors, layout.shapes)
     buffers = []
     for region in (layout.factored, layout.diagonal):
         if region.empty:
@@ -438,7 +438,7 @@ def pack(layout, tensors, always_true=None):
     return tuple(buffers)
 
 
-def _used_outside_the_conditional(always_true, tensors):
+def _used_outside_the_conditional(always_true, tensors, shapes):
     """`always_true`, made to read one element of every tensor (TensorFlow only).
 
     When Keras' `fit` calls its XLA-compiled train step from an outer
@@ -447,14 +447,16 @@ def _used_outside_the_conditional(always_true, tensors):
     gradients' convolutions would move into `materialize`'s branch, where
     XLA on CPU emits them as naive loops (MobileNetV2: 8.5 s a step instead
     of 1 s). One element of each tensor read by the predicate keeps them
-    where they are, at no cost worth measuring.
+    where they are, at no cost worth measuring. Sizes come from the layout's
+    `shapes`: inside a traced step a gradient's static shape may be unknown
+    (an embedding's, densified from sparse slices).
     """
     if keras.backend.backend() != "tensorflow" or not tensors:
         return always_true
     firsts = [
         ops.cast(ops.reshape(tensor, (-1,))[0], "float32")
-        for tensor in tensors
-        if tensor is not None and math.prod(tensor.shape) > 0
+        for tensor, shape in zip(tensors, shapes)
+        if tensor is not None and math.prod(shape) > 0
     ]
     if not firsts:
         return always_true
