@@ -154,23 +154,87 @@ def test_velo_state_initialisation_is_traceable_in_theta():
     np.testing.assert_allclose(initial_hidden(vector)[:, 0], vector[offset], rtol=1e-6)
 
 
-def test_meta_training_recovers_from_a_step_size_100x_too_small(tmp_path):
+class _QuadraticPool:
+    """A worker pool whose members' meta-loss is a known quadratic of theta.
+
+    Each member evaluates both arms theta +- eps_m with eps_m regenerated
+    from (seed, iteration, member) exactly as the workers do, so the learner
+    sees what it sees from real inner runs, minus the training noise.
+    """
+
+    def __init__(self, config, target, curvature):
+        self.config, self.target, self.curvature = config, target, curvature
+
+    def loss(self, theta):
+        return float(np.sum(self.curvature * (theta - self.target) ** 2))
+
+    def run(self, theta_vector, iteration, members):
+        from meta.estimators import perturbation
+
+        results = []
+        for member in members:
+            eps = np.asarray(perturbation(self.config.seed, iteration, member, theta_vector.size, self.config.sigma))
+            results.append({"member": member, "loss_plus": self.loss(theta_vector + eps),
+                            "loss_minus": self.loss(theta_vector - eps), "reset": True,
+                            "steps": 1, "family": "quadratic"})
+        return results, []
+
+
+@pytest.mark.parametrize("shaping", ["none", "sign", "centered_ranks"])
+def test_meta_learner_descends_a_known_meta_loss(shaping):
+    """ES estimate + clipping + Adam, as `train` runs them, minimise a quadratic in 50 parameters.
+
+    A wrong sign anywhere (weights, perturbation regeneration, the update)
+    makes the loss grow instead; a learner that ignores the estimate leaves it.
+    """
+    from meta.learner import MetaLearner
+
+    rng = np.random.default_rng(0)
+    config = _config(estimator="es", members=8, learning_rate=0.05, shaping=shaping)
+    pool = _QuadraticPool(config, rng.normal(size=50).astype(np.float32), rng.uniform(0.5, 2.0, 50))
+    learner = MetaLearner.start(config, np.zeros(50, np.float32))
+    before = pool.loss(learner.theta_vector)
+    for _ in range(60):
+        record = learner.step(pool)
+    assert record["iteration"] == 59 and record["members"] == 8
+    assert pool.loss(learner.theta_vector) < 0.1 * before
+
+
+def test_meta_training_from_a_checkpoint_writes_the_learned_theta(tmp_path):
+    """`--init PATH`: starts from that checkpoint; the theta it writes is the learner's and loads into VeLO.
+
+    (Whether a few ES iterations improve a real VeLO is not asserted here:
+    with 4 antithetic pairs in 2.3M dimensions the estimate is mostly noise
+    at any budget a test affords; the learner's descent is tested above on a
+    known meta-loss.)
+    """
+    from keras_velo.checkpoint import read_checkpoint, write_checkpoint
     from meta.train import train
 
     layout, bad = _layout_and_theta(scale_step=0.01)
-    from keras_velo.checkpoint import write_checkpoint
-
     write_checkpoint(f"{tmp_path}/bad{os.sep}", layout.to_theta(bad))
-    config = _config(estimator="es", members=4, iterations=4, learning_rate=3e-2, checkpoint_every=4)
+    config = _config(estimator="es", members=2, iterations=2, checkpoint_every=2)
     learner = train(config, tmp_path / "run", init=str(tmp_path / "bad"), progress=False)
-    before = _episode_meta_loss(layout, bad, config)
-    after = _episode_meta_loss(layout, learner.theta_vector, config)
-    assert after < before - 0.02, (before, after)
-    # The checkpoint it wrote is the learner's theta and loads into VeLO.
+    # It started from the checkpoint: one Adam step moves each coordinate by at most ~lr.
+    step_size = slice(*_offsets(layout, ("rnn_params", "step_size", "b")))
+    assert abs(learner.theta_vector[step_size][0] - bad[step_size][0]) < 3 * config.learning_rate
+    written = layout.to_vector(read_checkpoint(tmp_path / "run" / "theta" / "params"))
+    np.testing.assert_array_equal(written, learner.theta_vector)
+    assert not np.array_equal(written, bad)
     import keras_velo
 
     optimizer = keras_velo.VeLO(total_steps=10, weights=str(tmp_path / "run" / "theta"))
-    assert optimizer.weights_description
+    assert str(tmp_path / "run" / "theta") in optimizer.weights_description
+
+
+def _offsets(layout, leaf):
+    offset = 0
+    for path, shape in zip(layout.paths, layout.shapes):
+        size = int(np.prod(shape))
+        if path == leaf:
+            return offset, offset + size
+        offset += size
+    raise KeyError(leaf)
 
 
 def test_resume_continues_exactly(tmp_path):
