@@ -12,7 +12,12 @@ import time
 import keras
 import numpy as np
 
-from keras_velo.health import check_dropped_updates, check_horizon, check_skips
+from keras_velo.health import (
+    check_dropped_updates,
+    check_horizon,
+    check_skips,
+    report_replayed_batches,
+)
 from keras_velo.optimizer import find_velo
 from keras_velo.train_step import feed_loss_to_velo
 
@@ -57,6 +62,13 @@ class VeLOCallback(keras.callbacks.Callback):
     * After each batch: a warning for every skipped (non-finite) update,
       `NonFiniteTrainingError` after `max_consecutive_skips` in a row, and
       one warning when VeLO runs past its horizon.
+    * Resuming with `keras.callbacks.BackupAndRestore` (in either order in
+      the callback list): the restored state's horizon is kept; after a
+      mid-epoch backup, Keras replays that epoch from its first batch, and
+      VeLO's `total_steps` grows by the replayed batches so that its
+      schedule still ends with the fit (one warning says so).
+    * At the end of `fit`: one warning if updates never reached VeLO
+      (dropped by the loss-scale optimizer under mixed_float16).
 
     With a model compiled with another optimizer it does nothing.
     """
@@ -70,6 +82,11 @@ class VeLOCallback(keras.callbacks.Callback):
 
     def set_model(self, model):
         super().set_model(model)
+        # Keras builds the callback list (calling this) before any callback's
+        # on_train_begin: the optimizer's step count here tells whether one of
+        # them (BackupAndRestore) restored a backup by the first epoch.
+        self._iterations_at_set_model = _keras_iterations(model)
+        self._first_epoch = True
         if find_velo(getattr(model, "optimizer", None)) is not None:
             feed_loss_to_velo(model)
 
@@ -82,13 +99,34 @@ class VeLOCallback(keras.callbacks.Callback):
         velo = self._velo()
         if velo is None:
             return
-        if velo.horizon is None:
+        if velo.horizon is None and velo.adopt_restored_horizon() is None:
             velo.set_total_steps(
                 infer_total_steps(self.params, velo.gradient_accumulation_steps)
             )
         self._elapsed, self._clock_started = 0.0, time.perf_counter()
         self._start = _counters(velo)
         self._batches = self._epoch_batches = 0
+        self._first_epoch = True
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if not self._first_epoch:
+            return
+        self._first_epoch = False
+        velo = self._velo()
+        iterations = _keras_iterations(self._model)
+        if velo is None or iterations == self._iterations_at_set_model:
+            return
+        # A callback restored a backup after this fit began: its horizon wins,
+        # and a mid-epoch backup means Keras replays part of `epoch`.
+        velo.adopt_restored_horizon()
+        self._start = _counters(velo)
+        steps = self.params.get("steps")
+        if steps is None:
+            return
+        replayed = (iterations - epoch * int(steps)) // (velo.gradient_accumulation_steps or 1)
+        if 0 < replayed < int(steps):
+            extended = velo.extend_total_steps(replayed)
+            report_replayed_batches(velo, epoch, replayed, extended)
 
     # Evaluation time does not count against a time budget.
     def on_test_begin(self, logs=None):
@@ -134,6 +172,14 @@ class VeLOCallback(keras.callbacks.Callback):
         if velo is not None and self._start is not None:
             self._batches += self._epoch_batches
             check_dropped_updates(velo, self._start, _counters(velo), self._batches)
+
+
+def _keras_iterations(model):
+    """The model optimizer's call count (Keras' `iterations`), or None without one."""
+    optimizer = getattr(model, "optimizer", None)
+    if optimizer is None:
+        return None
+    return int(keras.ops.convert_to_numpy(optimizer.iterations.value))
 
 
 def _counters(velo):

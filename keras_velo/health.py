@@ -8,6 +8,9 @@
 * Running past `total_steps`: VeLO keeps going exactly as the reference does
   (the training fraction exceeds 1; its features saturate past 1.1), with
   one warning per optimizer.
+* Updates that never reach VeLO (dropped by the loss-scale optimizer) and
+  batches `fit` trains twice (a mid-epoch `BackupAndRestore` resume): one
+  warning each, with what it did to VeLO's schedule.
 """
 
 import os
@@ -84,11 +87,7 @@ def check_horizon(optimizer, velo_iteration):
         f"VeLO has run {velo_iteration} updates but was told total_steps="
         f"{horizon.total_steps}: it continues as the reference does (its "
         "training-fraction input exceeds 1), which is outside what it was "
-        "meta-trained on. Pass a larger total_steps to train longer. (After "
-        "`keras.callbacks.BackupAndRestore` resumed from a mid-epoch backup, "
-        "Keras replays the interrupted epoch from its first batch, so VeLO runs "
-        "those updates twice; back up at epoch ends, `save_freq=\"epoch\"`, to "
-        "keep the count right.)",
+        "meta-trained on. Pass a larger total_steps to train longer.",
         RuntimeWarning,
         stacklevel=_user_stacklevel(),
     )
@@ -120,6 +119,37 @@ def check_dropped_updates(optimizer, start, end, batches):
         f"{(start[0] + expected) / horizon.velo_steps:.3f}: the end of its schedule "
         "was not reached. Train that many more steps, pass a smaller "
         "total_steps, or use mixed_bfloat16 / float32 (no loss scaling).",
+        RuntimeWarning,
+        stacklevel=_user_stacklevel(),
+    )
+
+
+def report_replayed_batches(optimizer, epoch, replayed, extended):
+    """Warns once that `fit` replays `replayed` already-trained batches of `epoch`, and what VeLO did.
+
+    Keras' `BackupAndRestore` restores a mid-epoch backup (`save_freq=N`)
+    but restarts that epoch from its first batch: the batches trained
+    before the backup run again, so the fit makes `replayed` more updates
+    than planned. `extended` says whether VeLO's horizon grew by them
+    (`VeLO.extend_total_steps`) so that its schedule still ends with the fit.
+    """
+    if extended:
+        consequence = (
+            f"VeLO's total_steps grew by {replayed} to {optimizer.total_steps} so that "
+            "its schedule still ends with this fit"
+        )
+    else:
+        consequence = (
+            f"VeLO's total_steps={optimizer.total_steps} stays (a longer horizon would "
+            "need another gradient accumulation, max_training_steps), so VeLO will "
+            f"run {replayed} updates past the end of its schedule"
+        )
+    warnings.warn(
+        f"This fit resumed from a backup made {replayed} batches into epoch "
+        f"{epoch + 1}; Keras replays that epoch from its first batch, so those "
+        f"{replayed} batches are trained on twice. {consequence}. For a resume "
+        "that equals an uninterrupted run, back up at epoch ends "
+        "(`BackupAndRestore(save_freq=\"epoch\")`).",
         RuntimeWarning,
         stacklevel=_user_stacklevel(),
     )

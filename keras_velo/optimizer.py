@@ -19,7 +19,7 @@ from keras_velo.health import check_health_if_eager
 from keras_velo.jax_fit_state import hand_back_jax_fit_state
 from keras_velo.loss_features import loss_ema_decays
 from keras_velo.packing import packed_layout
-from keras_velo.prefab import DEFAULT_MAX_TRAINING_STEPS, plan_horizon, prefab_update
+from keras_velo.prefab import DEFAULT_MAX_TRAINING_STEPS, Horizon, plan_horizon, prefab_update
 from keras_velo.pretrained import resolve_saved_weights, resolve_weights
 from keras_velo.state_variables import StateVariables
 from keras_velo.state_view import tensor_states
@@ -211,7 +211,7 @@ class VeLO(keras.optimizers.Optimizer):
         total_steps = arguments.positive_int("total_steps", total_steps)
         horizon = plan_horizon(total_steps, self.max_training_steps)
         if self.built:
-            done = int(ops.convert_to_numpy(self._velo.state.iteration.value))
+            done = self._updates_done()
             if done > 0:
                 raise ValueError(
                     "VeLO's horizon can only be set before its first update; this "
@@ -226,10 +226,53 @@ class VeLO(keras.optimizers.Optimizer):
                 "must be planned when the optimizer is built: pass "
                 f"VeLO(total_steps={total_steps}) explicitly."
             )
-        self.total_steps, self.horizon = total_steps, horizon
+        self._set_horizon(horizon)
+
+    def _set_horizon(self, horizon):
+        self.total_steps, self.horizon = horizon.total_steps, horizon
         if self.built:
             self._velo.state.num_steps.assign(horizon.velo_steps)
             self._velo.state.loss_buffer.decays.assign(loss_ema_decays(horizon.velo_steps))
+
+    def _updates_done(self):
+        return int(ops.convert_to_numpy(self._velo.state.iteration.value)) if self.built else 0
+
+    def adopt_restored_horizon(self):
+        """Makes `total_steps` the horizon held in VeLO's (restored) state; returns it.
+
+        After `load_weights` (say by `keras.callbacks.BackupAndRestore`), the
+        state carries the horizon of the run it was saved from, which wins
+        over one inferred or passed before the restore. No-op (returns
+        `total_steps`) before the first update.
+        """
+        if self._updates_done() == 0:
+            return self.total_steps
+        velo_steps = int(ops.convert_to_numpy(self._velo.state.num_steps.value))
+        if self.horizon is not None and velo_steps == self.horizon.velo_steps:
+            return self.total_steps
+        accumulated = 1 if self.horizon is None else self.horizon.num_accumulated
+        self.horizon = Horizon(velo_steps * accumulated, accumulated, velo_steps)
+        self.total_steps = self.horizon.total_steps
+        return self.total_steps
+
+    def extend_total_steps(self, extra_steps):
+        """Grows the horizon by `extra_steps` mid-run; returns whether it could.
+
+        For runs that turn out longer than planned while under way (Keras
+        replaying a partly trained epoch after `BackupAndRestore`). VeLO's
+        training fraction shrinks from `t/T` to `t/(T + extra)`; the loss
+        averages take the decays of the longer horizon. Not possible when
+        the longer run would need a different gradient accumulation
+        (`max_training_steps`): returns False, leaving it unchanged.
+        """
+        extra_steps = arguments.positive_int("extra_steps", extra_steps)
+        if self.horizon is None:
+            return False
+        horizon = plan_horizon(self.total_steps + extra_steps, self.max_training_steps)
+        if horizon.num_accumulated != self.horizon.num_accumulated:
+            return False
+        self._set_horizon(horizon)
+        return True
 
     @property
     def theta(self):

@@ -374,6 +374,84 @@ def test_bundled_weights_travel_by_name(tmp_path, monkeypatch):
         keras.saving.load_model(tmp_path / "bundled.keras")
 
 
+class _Interrupt(keras.callbacks.Callback):
+    """Raises KeyboardInterrupt after batch `batch` of epoch `epoch` (a kill, as BackupAndRestore sees it)."""
+
+    def __init__(self, epoch, batch):
+        super().__init__()
+        self.at, self.epoch = (epoch, batch), None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        if (self.epoch, batch) == self.at:
+            raise KeyboardInterrupt
+
+
+def _fit_interrupted_then_resumed(tmp_path, save_freq, velo_first):
+    """3 epochs of 4 batches, killed after the 2nd batch of epoch 2, then resumed in a new process' way.
+
+    Returns the resumed model, its VeLO and the warnings the resumed fit raised.
+    """
+    x, y = _data()
+
+    def callbacks(*extra):
+        backup = keras.callbacks.BackupAndRestore(str(tmp_path / "backup"), save_freq=save_freq)
+        return ([keras_velo.VeLOCallback(), backup] if velo_first
+                else [backup, keras_velo.VeLOCallback()]) + list(extra)
+
+    first = _compiled(VeLO(weights=THETA), attach=False)
+    with pytest.raises(KeyboardInterrupt):
+        first.fit(x, y, batch_size=BATCH, epochs=3, shuffle=False, verbose=0,
+                  callbacks=callbacks(_Interrupt(epoch=1, batch=1)))
+    velo = VeLO(weights=THETA)
+    resumed = _compiled(velo, attach=False)
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always", RuntimeWarning)
+        resumed.fit(x, y, batch_size=BATCH, epochs=3, shuffle=False, verbose=0, callbacks=callbacks())
+    return resumed, velo, [str(w.message) for w in record if issubclass(w.category, RuntimeWarning)]
+
+
+def test_backup_and_restore_at_epoch_ends_resumes_exactly(tmp_path):
+    """BackupAndRestore before VeLOCallback: the restored horizon is kept (this order used to raise)."""
+    x, y = _data()
+    straight = _compiled(VeLO(weights=THETA), attach=False)
+    straight.fit(x, y, batch_size=BATCH, epochs=3, shuffle=False, verbose=0,
+                 callbacks=[keras_velo.VeLOCallback()])
+    resumed, velo, messages = _fit_interrupted_then_resumed(tmp_path, "epoch", velo_first=False)
+    assert messages == []
+    assert velo.total_steps == 12 and velo.diagnostics()["iteration"] == 12
+    for a, b in zip(_weights(resumed), _weights(straight)):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("velo_first", [True, False], ids=["velo-callback-first", "backup-first"])
+def test_a_mid_epoch_backup_replay_extends_the_horizon(tmp_path, velo_first):
+    """Keras replays the interrupted epoch from its first batch: 2 batches run twice.
+
+    VeLO is told: total_steps grows from 12 to 14 and the fit ends exactly
+    at its horizon (no run past it), with one warning naming the replay.
+    """
+    _, velo, messages = _fit_interrupted_then_resumed(tmp_path, 1, velo_first)
+    assert velo.total_steps == 14
+    assert velo.diagnostics()["iteration"] == 14
+    assert velo.diagnostics()["fraction_trained"] == pytest.approx(13 / 14)  # the last update's
+    assert len(messages) == 1, messages
+    assert "resumed from a backup made 2 batches into epoch 2" in messages[0]
+    assert "total_steps grew by 2 to 14" in messages[0]
+
+
+def test_extend_total_steps():
+    velo = VeLO(total_steps=8, weights=THETA)
+    assert velo.extend_total_steps(3) and velo.total_steps == 11 and velo.horizon.velo_steps == 11
+    small = VeLO(total_steps=8, weights=THETA, max_training_steps=10)
+    assert not small.extend_total_steps(3)  # 11 > 10 would need accumulation planned at build
+    assert small.total_steps == 8
+    with pytest.raises(ValueError, match="extra_steps"):
+        velo.extend_total_steps(0)
+
+
 def test_theta_travels_with_the_saved_model(tmp_path, monkeypatch):
     """A model trained from a local checkpoint loads where that path is missing."""
     import shutil
