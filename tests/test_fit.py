@@ -281,8 +281,10 @@ def test_eager_apply_skips_non_finite_loss():
     velo.apply(grads, variables, loss=1.0)
     before = ops.convert_to_numpy(variables[0].value)
     state = velo.velo_state()
-    with pytest.warns(RuntimeWarning, match="because the training loss was NaN"):
+    with pytest.warns(RuntimeWarning, match="because the training loss was NaN") as record:
         velo.apply(grads, variables, loss=float("nan"))
+    skips = [w for w in record if "VeLO skipped" in str(w.message)]
+    assert len(skips) == 1 and skips[0].filename == __file__  # once (PyTorch warned twice), at this line
     np.testing.assert_array_equal(ops.convert_to_numpy(variables[0].value), before)
     assert int(velo.velo_state().iteration) == int(state.iteration)
     with pytest.raises(NonFiniteTrainingError, match="because a gradient was NaN"):
