@@ -182,6 +182,7 @@ class VeLO(keras.optimizers.Optimizer):
         self.fraction_variable = self.add_variable(
             (), initializer="zeros", dtype="float32", name="velo_time_fraction"
         )
+        self._variables_before_build = len(self.variables)
 
     # ------------------------------------------------------------------ state
 
@@ -489,6 +490,14 @@ class VeLO(keras.optimizers.Optimizer):
 
     def load_own_variables(self, store):
         """Keras' loading; a theta saved by name is checked against the installed bundled one."""
+        saved_count = len(store.keys())
+        if self.built and saved_count == self._variables_before_build < len(self.variables):
+            # Saved before VeLO was built (on TensorFlow it builds inside the
+            # first traced step, so a model saved after an error in that step):
+            # no VeLO state was saved, only the counters created with it.
+            for i in range(saved_count):
+                self.variables[i].assign(store[str(i)])
+            return
         if FINGERPRINT_KEY not in store.keys():
             super().load_own_variables(store)
             self._theta_error = None  # theta came back with the saved variables
