@@ -123,7 +123,7 @@ class VeLOCallback(keras.callbacks.Callback):
         steps = self.params.get("steps")
         if steps is None:
             return
-        replayed = (iterations - epoch * int(steps)) // (velo.gradient_accumulation_steps or 1)
+        replayed = iterations - epoch * int(steps) // (velo.gradient_accumulation_steps or 1)
         if 0 < replayed < int(steps):
             extended = velo.extend_total_steps(replayed)
             report_replayed_batches(velo, epoch, replayed, extended)
@@ -175,11 +175,16 @@ class VeLOCallback(keras.callbacks.Callback):
 
 
 def _keras_iterations(model):
-    """The model optimizer's call count (Keras' `iterations`), or None without one."""
+    """The model optimizer's update count (Keras' `iterations`), or None without one.
+
+    With Keras' `gradient_accumulation_steps` it is calls // steps (a tensor,
+    not a variable).
+    """
     optimizer = getattr(model, "optimizer", None)
     if optimizer is None:
         return None
-    return int(keras.ops.convert_to_numpy(optimizer.iterations.value))
+    iterations = optimizer.iterations
+    return int(keras.ops.convert_to_numpy(getattr(iterations, "value", iterations)))
 
 
 def _counters(velo):
