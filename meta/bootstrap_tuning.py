@@ -19,7 +19,7 @@ Needs the JAX backend (`KERAS_BACKEND=jax`) and scikit-learn. Run with
 
     KERAS_BACKEND=jax python -m meta.bootstrap_tuning [--quick]
 
-It takes about 8 minutes on 2 CPU cores (479 s measured); `--quick` is a
+It takes 8-12 minutes on 2 CPU cores (479 s and 695 s measured); `--quick` is a
 ~1 minute smoke test. Nothing is written: the chosen constants are copied
 by hand into `BootstrapConstants`' defaults, and the output says whether
 they still match the search's result.
