@@ -16,9 +16,12 @@ and all with the same `--seed` (same initial weights, same batches):
   with the best final validation metric (accuracy, or the lowest MAE/MSE).
 
 Each run writes `OUT/runs/<example>/<velo|adam_lr<rate>>.json` and its
-console output to `OUT/logs/`. A run whose JSON is already there with the
-same command is skipped, so an interrupted comparison resumes where it
-stopped (`--force` reruns everything). At the end it writes:
+console output to `OUT/logs/`. A run whose JSON is already there, from the
+same command, backend and code (a SHA-256 of the example's script,
+`_common.py` and, for VeLO, the keras_velo package with its weights), is
+skipped, so an interrupted comparison resumes where it stopped and a run
+whose code changed since is run again (`--force` reruns everything). At
+the end it writes:
 
 * `OUT/results.json`: per example, the three contenders' final training loss
   and validation metric, every grid point, the winning rate and VeLO's
@@ -94,8 +97,25 @@ def plan_runs(examples, grid):
     ]
 
 
-def recorded_run(path, script, arguments, backend):
-    """The run's JSON record if it exists and came from the same command and backend, else None."""
+def source_digest(run):
+    """SHA-256 of the code behind `run`: its script, `_common.py` and, for VeLO, keras_velo."""
+    import hashlib
+
+    import keras_velo
+
+    paths = [EXAMPLES_DIR / f"{run.example}.py", EXAMPLES_DIR / "_common.py"]
+    if run.optimizer == "velo":
+        package = pathlib.Path(keras_velo.__file__).resolve().parent
+        paths += sorted(p for p in package.rglob("*") if p.is_file() and "__pycache__" not in p.parts)
+    digest = hashlib.sha256()
+    for path in paths:
+        digest.update(str(path.relative_to(REPOSITORY_ROOT) if path.is_relative_to(REPOSITORY_ROOT)
+                          else path.name).encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
+
+
+def recorded_run(path, script, arguments, backend, digest):
+    """The run's JSON record if it came from the same command, backend and code (`digest`), else None."""
     if not path.exists():
         return None
     try:
@@ -103,6 +123,8 @@ def recorded_run(path, script, arguments, backend):
     except json.JSONDecodeError:
         return None
     if record.get("command") != [script, *arguments] or record.get("backend") != backend:
+        return None
+    if record.get("source_sha256") != digest:
         return None
     return record
 
@@ -121,7 +143,8 @@ def execute(runs, out, args, backend):
         script = f"{run.example}.py"
         arguments = run.arguments(out, args.seed, args.quick, args.velo_weights)
         header = f"[{index}/{len(runs)}] {run.example} {run.name}"
-        record = None if args.force else recorded_run(run.json_path(out), script, arguments, backend)
+        digest = source_digest(run)
+        record = None if args.force else recorded_run(run.json_path(out), script, arguments, backend, digest)
         if record is not None:
             print(f"{header}: done before, skipped ({run.json_path(out)})", flush=True)
             records[run] = record
@@ -142,6 +165,8 @@ def execute(runs, out, args, backend):
             records[run] = None
             continue
         records[run] = json.loads(run.json_path(out).read_text())
+        records[run]["source_sha256"] = digest  # what resuming checks
+        run.json_path(out).write_text(json.dumps(records[run], indent=1) + "\n")
         print(f"{time.perf_counter() - run_start:.0f} s (elapsed {elapsed})  "
               f"train loss {records[run]['final_train_loss']:.4g}, "
               f"validation {records[run]['metric']['name']} {records[run]['metric']['value']:.4g}",

@@ -117,3 +117,37 @@ def test_digits_split_is_deterministic_and_disjoint():
     assert len(train) + len(test) == 1797
     again, _ = datasets.load_digits("train")
     assert (train == again).all()
+
+
+def _compare_module():
+    """examples/compare.py imported without running it (examples/ is not a package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("examples_compare", ROOT / "examples" / "compare.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.backends("jax")  # pure Python plumbing
+def test_compare_reruns_a_run_whose_code_or_command_changed(tmp_path):
+    """A recorded run is reused only if it came from the same command, backend and code."""
+    compare = _compare_module()
+    run = compare.Run("autoencoder", "velo")
+    arguments = run.arguments(tmp_path, 0, True, "bundled")
+    digest = compare.source_digest(run)
+    assert digest == compare.source_digest(compare.Run("autoencoder", "velo"))
+    assert digest != compare.source_digest(compare.Run("autoencoder", "adam", 1e-3))  # keras_velo counts for VeLO
+    assert digest != compare.source_digest(compare.Run("image_convnet", "velo"))
+    path = run.json_path(tmp_path)
+    path.parent.mkdir(parents=True)
+    record = {"command": ["autoencoder.py", *arguments], "backend": BACKEND, "source_sha256": digest}
+    path.write_text(json.dumps(record))
+    assert compare.recorded_run(path, "autoencoder.py", arguments, BACKEND, digest) == record
+    assert compare.recorded_run(path, "autoencoder.py", arguments, BACKEND, "edited code") is None
+    assert compare.recorded_run(path, "autoencoder.py", arguments, "torch", digest) is None
+    other_seed = run.arguments(tmp_path, 1, True, "bundled")
+    assert compare.recorded_run(path, "autoencoder.py", other_seed, BACKEND, digest) is None
+    del record["source_sha256"]  # recorded before runs carried their code's digest
+    path.write_text(json.dumps(record))
+    assert compare.recorded_run(path, "autoencoder.py", arguments, BACKEND, digest) is None
