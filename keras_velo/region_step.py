@@ -255,7 +255,7 @@ class RegionStep:
         return mlp_direction_and_magnitude(sums, layers)
 
     def step(self, first_layer, weights, lr_mult, param_scale, step_scale=1.0):
-        """`(step, [N] sums of step²)` of the region; new params are `p + ((p - step) - p)`.
+        """`(step, [N] sums of step²)` of the region (0 on padding); new params are `p + ((p - step) - p)`.
 
         `lr_mult` and `param_scale` are `[N]`: each tensor's step multiplier
         and `sqrt(mean(p²) + 1e-9)`. The step is materialised once
@@ -265,7 +265,14 @@ class RegionStep:
         def compute():
             direction, magnitude = self.direction_and_magnitude(first_layer, weights)
             scales = segments.per_chunk(self.region, ops.stack([lr_mult, param_scale]))
-            return parameter_step(direction, magnitude, scales[1], scales[0]) * step_scale
+            step = parameter_step(direction, magnitude, scales[1], scales[0]) * step_scale
+            # Padding runs the MLP on made-up inputs (a padding row's table
+            # entries are the dummy's, a padding lane's column moment is 0,
+            # so rsqrt(v + 1e-8) = 1e4 there): after a large gradient shrinks
+            # a tensor's normalisers its padding steps overflow. They must
+            # reach nothing: not the step sums (the skip guard, step_rms),
+            # not the buffers. `where`, because inf * 0 is NaN.
+            return ops.where(self.valid > 0, step, 0.0)
 
         step = materialize(compute, self.region.shape, self.always_true)
         step_squares = segments.tensor_sums(
