@@ -48,18 +48,45 @@ def reduce_sums(values, axes, groups=None):
                   for i in range(0, len(values), _VARIADIC_GROUP)]
     sums = [None] * len(values)
     for group in groups:
-        operands = [ops.convert_to_tensor(values[i]) for i in group]
-        if len(operands) == 1:
-            operands.append(ops.zeros_like(operands[0]))  # keep it variadic (see above)
-        results = jax.lax.reduce(
-            operands,
-            [np.float32(0.0)] * len(operands),
-            lambda a, b: [x + y for x, y in zip(a, b)],
-            tuple(axes),
-        )
-        for i, result in zip(group, results):
+        operands = tuple(ops.convert_to_tensor(values[i]) for i in group)
+        for i, result in zip(group, _variadic_sums(operands, tuple(axes))):
             sums[i] = result
     return sums
+
+
+def _variadic_sums(operands, axes):
+    """One variadic `lax.reduce` summing each operand over `axes` (JAX).
+
+    Differentiable in reverse mode (meta-training backpropagates through
+    VeLO's update): JAX has no transpose rule for a variadic reduce, and a
+    sum's is a broadcast of the cotangent back over `axes`.
+    """
+    import jax
+
+    @jax.custom_vjp
+    def sums(*operands):
+        padded = list(operands)
+        if len(padded) == 1:
+            padded.append(ops.zeros_like(padded[0]))  # keep it variadic (see above)
+        results = jax.lax.reduce(
+            padded,
+            [np.float32(0.0)] * len(padded),
+            lambda a, b: [x + y for x, y in zip(a, b)],
+            axes,
+        )
+        return tuple(results[: len(operands)])
+
+    def forward(*operands):
+        return sums(*operands), tuple(x.shape for x in operands)
+
+    def backward(shapes, cotangents):
+        return tuple(
+            jax.numpy.broadcast_to(jax.numpy.expand_dims(c, axes), shape)
+            for c, shape in zip(cotangents, shapes)
+        )
+
+    sums.defvjp(forward, backward)
+    return sums(*operands)
 
 
 def chunk_sums(values, groups=None):

@@ -14,9 +14,11 @@
 
 import dataclasses
 
-from meta.task_distribution import TaskDistribution
+from meta.learner import ESTIMATORS
+from meta.subspace import SubspaceSpec
+from meta.task_distribution import ALL_FAMILIES, TaskDistribution, family_name
+from meta.validation import CPU_VALIDATION, ValidationSet
 
-ALL_FAMILIES = ("image_mlp", "image_cnn", "resnet", "transformer_lm", "rnn_lm", "autoencoder", "vae")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -26,25 +28,34 @@ class MetaTrainingConfig:
     Attributes:
         name: the preset's name.
         distribution: what members train (`TaskDistribution`).
-        estimator: "pes" (Persistent ES over truncations) or "es" (full-unroll
-            antithetic ES).
-        members: antithetic pairs per iteration.
-        truncation: steps per PES truncation (ignored by "es").
-        sigma: perturbation standard deviation.
-        shaping: "none", "sign" (VeLO's sign of the difference) or
-            "centered_ranks" (`meta.estimators.pair_weights`).
-        learning_rate: Adam's learning rate on theta.
+        estimator: "pes" (Persistent ES over truncations), "es" (full-unroll
+            antithetic ES), "tbptt" (backpropagation through truncations) or
+            "pes+tbptt" (both, combined per coordinate by inverse variance);
+            see `meta.learner`.
+        subspace: which part of theta moves (`meta.subspace.SubspaceSpec`).
+        members: members (antithetic pairs for ES) per iteration.
+        truncation: steps per truncation (ignored by "es").
+        sigma: perturbation standard deviation (in z).
+        shaping: "none", "sign" or "centered_ranks" (`meta.estimators.pair_weights`).
+        learning_rate: Adam's learning rate on z.
         clip_norm: global-norm clipping of the estimated gradient.
         max_loss_ratio: the normalised loss of a diverged step.
         iterations: meta-iterations of a run (`--iterations` overrides).
+        minutes: stop once the run has trained this long (validation
+            excluded), None for no limit (`--minutes` overrides).
         workers: Ray workers (`--workers` overrides).
         checkpoint_every: iterations between checkpoints (and plots).
+        validate_every: iterations between meta-validation scores.
+        validate_every_minutes: if set, score every this many training
+            minutes instead (runs compared at equal CPU time).
+        validation: the meta-validation set (`meta.validation.ValidationSet`).
         seed: the run's seed.
     """
 
     name: str
     distribution: TaskDistribution
     estimator: str = "pes"
+    subspace: SubspaceSpec = SubspaceSpec()
     members: int = 8
     truncation: int = 50
     sigma: float = 0.01
@@ -53,22 +64,28 @@ class MetaTrainingConfig:
     clip_norm: float = 1.0
     max_loss_ratio: float = 1.5
     iterations: int = 1000
+    minutes: float | None = None
     workers: int = 2
     checkpoint_every: int = 5
+    validate_every: int = 10
+    validate_every_minutes: float | None = None
+    validation: ValidationSet = CPU_VALIDATION
     seed: int = 0
 
     def __post_init__(self):
-        if self.estimator not in ("pes", "es"):
-            raise ValueError(f"estimator must be 'pes' or 'es', got {self.estimator!r}.")
+        if self.estimator not in ESTIMATORS:
+            raise ValueError(f"estimator must be one of {sorted(ESTIMATORS)}, got {self.estimator!r}.")
         if self.shaping not in ("none", "sign", "centered_ranks"):
             raise ValueError(f"shaping must be 'none', 'sign' or 'centered_ranks', got {self.shaping!r}.")
-        for name in ("members", "truncation", "iterations", "checkpoint_every"):
+        for name in ("members", "truncation", "iterations", "checkpoint_every", "validate_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}.")
         if self.workers < 0:
             raise ValueError(f"workers must be >= 0 (0 = no Ray), got {self.workers!r}.")
         if not self.sigma > 0:
             raise ValueError(f"sigma must be > 0, got {self.sigma!r}.")
+        if self.minutes is not None and not self.minutes > 0:
+            raise ValueError(f"minutes must be None or > 0, got {self.minutes!r}.")
 
     @property
     def unroll_truncation(self):
@@ -76,7 +93,11 @@ class MetaTrainingConfig:
         return None if self.estimator == "es" else self.truncation
 
     def to_dict(self):
-        return dataclasses.asdict(self)
+        data = dataclasses.asdict(self)
+        data["distribution"] = self.distribution.to_dict()
+        data["subspace"] = self.subspace.to_dict()
+        data["validation"] = validation_set_dict(self.validation)
+        return data
 
 
 PRESETS = {
@@ -89,6 +110,8 @@ PRESETS = {
         iterations=3,
         workers=1,
         checkpoint_every=1,
+        validate_every=3,
+        validation=ValidationSet("smoke-valid", ("image_mlp",), 2, 2e6, 20, 30),
     ),
     "cpu": MetaTrainingConfig(
         name="cpu",
@@ -116,3 +139,9 @@ def get_preset(name):
     if name not in PRESETS:
         raise ValueError(f"Unknown meta-training config {name!r}; presets: {sorted(PRESETS)}.")
     return PRESETS[name]
+
+
+def validation_set_dict(validation):
+    data = dataclasses.asdict(validation)
+    data["families"] = [family_name(f) for f in validation.families]
+    return data

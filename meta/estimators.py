@@ -21,6 +21,9 @@ reports the two arms' meta-losses `L+` and `L-`.
   gradient of the sum of losses over the whole unroll, although each
   iteration only runs K steps.
 
+`inverse_variance_combination` merges a Persistent ES estimate with the
+truncated-backprop gradients of the same members (`meta.particles`).
+
 Perturbations are never stored or sent: `perturbation(key, size, sigma,
 iteration, member)` regenerates eps from the run's seed, the iteration and
 the member on any machine.
@@ -118,3 +121,33 @@ def normalised_loss(loss, initial_loss, max_ratio):
     ratio = loss / initial_loss
     usable = jnp.isfinite(ratio) & jnp.isfinite(initial_loss) & (initial_loss > 0)
     return jnp.where(usable, jnp.clip(ratio, 0.0, max_ratio), max_ratio)
+
+
+def inverse_variance_combination(es_samples, gradient_samples):
+    """Per coordinate, the two estimates' means weighted by the inverse of their variances.
+
+    Metz et al. (2019), "Understanding and correcting pathologies in the
+    training of learned optimizers": an ES estimate and a truncated-backprop
+    gradient of the same meta-loss, each a mean over n members, combined
+    coordinate by coordinate as `(g_es / v_es + g_tb / v_tb) / (1 / v_es +
+    1 / v_tb)`, `v` the variance of each mean measured across the members.
+    Where one is much noisier (ES in most coordinates of a large theta,
+    truncated backprop where it explodes) the other dominates.
+
+    Args:
+        es_samples, gradient_samples: `[n, d]` per-member samples (`w_m xi_m`
+            and each member's gradient), n >= 2.
+
+    Returns `(combined [d], share of the ES estimate [d])`.
+    """
+    es = np.asarray(es_samples, np.float64)
+    gradient = np.asarray(gradient_samples, np.float64)
+    n = es.shape[0]
+    if es.shape != gradient.shape or n < 2:
+        raise ValueError(f"need two [n >= 2, d] sample arrays, got {es.shape} and {gradient.shape}.")
+    tiny = 1e-30
+    es_variance = es.var(axis=0, ddof=1) / n + tiny
+    gradient_variance = gradient.var(axis=0, ddof=1) / n + tiny
+    es_weight = (1.0 / es_variance) / (1.0 / es_variance + 1.0 / gradient_variance)
+    combined = es_weight * es.mean(axis=0) + (1.0 - es_weight) * gradient.mean(axis=0)
+    return combined.astype(np.float32), es_weight.astype(np.float32)

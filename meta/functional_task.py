@@ -9,6 +9,9 @@
   values (BatchNorm moving statistics, seed-generator states);
 * `train_batches(seed)`: the task's numpy batches.
 
+`config` is a task-family config (dict) or, for a user's family
+(`meta.user_family`), `{"family": name, "seed": seed}`.
+
 With a `param_scale` s (the reference's `ReparamWeightsFamily`
 augmentation), the optimizer sees parameters `p / s` and the model uses
 `s * (p / s)`: the task is unchanged, but the parameters and gradients the
@@ -42,9 +45,11 @@ class FunctionalTask:
 
     def __init__(self, config):
         require_jax_backend()
+        from meta.user_family import build_user_task, is_user_family
         from task_families import build_task
 
-        self.task = build_task(config)
+        family = config.get("family") if isinstance(config, dict) else None
+        self.task = build_user_task(config) if is_user_family(family) else build_task(config)
         self.config = self.task.config
         model = self.task.model
         self._model = model

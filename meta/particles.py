@@ -1,27 +1,43 @@
-"""The inner training runs of a meta-training population: one antithetic pair per member.
+"""The inner training runs of a meta-training population, and the scoring of a theta.
 
-`ParticleRunner.run(theta_vector, iteration, members)` advances each
-member's pair of inner runs by one truncation and returns, per member, the
-two arms' meta-losses and whether the member began a new episode. That is
-all a worker sends back: scalars. Perturbations are regenerated from the
-run's seed (`meta.estimators.perturbation`), tasks from
-`meta.task_distribution.sample_member_task`.
+`ParticleRunner.run(z, iteration, members)` advances each member's inner
+run(s) by one truncation and returns, per member, what the estimator
+needs: the arms' meta-losses and, where asked, the gradient of the
+truncation's meta-loss with respect to z. Perturbations are regenerated
+from the run's seed (`meta.estimators.perturbation`), tasks from
+`meta.task_distribution.sample_member_task`, theta from z by the run's
+`meta.subspace.ThetaSubspace`.
 
-A member's pair ("particle"): both arms start an episode from the same
-initial parameters, VeLO state from their own perturbed theta (so a
-perturbed `lstm_init_state` counts), and see the same batches; the "+" arm
-steps with theta + eps, the "-" arm with theta - eps, eps fresh each
-truncation (Persistent ES). When the episode's horizon is reached, the next
-truncation starts a new episode with a newly sampled task. With
-`truncation=None` every truncation is a whole episode: full-unroll ES.
+A member's runs ("particle") share one task, its initial parameters and its
+batches. Its *arms* are the thetas it trains with:
+
+* `arms="pair"` (evolution strategies): theta(z + eps) and theta(z - eps),
+  eps fresh each truncation (Persistent ES) or each episode (full-unroll ES,
+  `truncation=None`);
+* `arms="center"`: theta(z) alone (truncated backpropagation).
+
+With `gradients=True` the runner also backpropagates through the
+truncation (Metz et al., 2019; learned_optimization's `TruncatedGrad`):
+the forward pass keeps each step's inner state, then the backward pass
+walks the steps in reverse, one jitted VJP of the inner step each, and
+accumulates the gradient of the meta-loss with respect to the variable
+leaves of theta, mapped to z by `ThetaSubspace.pullback`. Only the
+leaves that depend on z are differentiated. The incoming state of the
+truncation is a constant (truncated backpropagation); a non-finite
+gradient is reported as zeros (and counted).
 
 The meta-loss of an arm over a truncation is the mean over its steps of
 the normalised training loss of each step's batch, `loss / initial loss`
 clipped to `[0, max_loss_ratio]` (`meta.estimators.normalised_loss`).
 
-One step of both arms is one `jax.jit`-compiled call, vmapped over the two
-arms (a `lax.scan` over steps runs convolutions several times slower on
-CPU); compiled steps are cached per architecture, process-wide.
+One step of an ES pair is one `jax.jit`-compiled call, vmapped over the two
+arms; with gradients each arm runs alone (XLA on CPU runs the backward pass
+of a vmapped step ~7x slower). A `lax.scan` over steps runs convolutions
+several times slower on CPU, so steps are a Python loop; compiled steps are
+cached per architecture, process-wide.
+
+`score(z, tasks)` trains each meta-validation task (`meta.validation`) for
+its horizon with theta(z) and returns its normalised losses.
 """
 
 import collections
@@ -33,20 +49,22 @@ import numpy as np
 from meta.estimators import normalised_loss, perturbation
 from meta.task_distribution import sample_member_task
 
-ARCHITECTURE_CACHE_SIZE = 32
-# Compiled steps, shared by every runner of this process: (architecture, theta size) -> functions.
+ARCHITECTURE_CACHE_SIZE = 64
+# Compiled steps, shared by every runner of this process:
+# (architecture, variable leaves, number of arms) -> functions.
 _COMPILED = collections.OrderedDict()
+ARMS = {"pair": 2, "center": 1}
 
 
 @dataclasses.dataclass
 class Particle:
-    """A member's pair of inner runs within an episode (numpy state: picklable)."""
+    """A member's inner runs within an episode (numpy state: picklable)."""
 
     task: object  # MemberTask
     episode_start: int
     step: int
     initial_loss: float
-    arms: object  # (trainable, non_trainable, VeLOState), each leaf stacked [2, ...]
+    arms: object  # (trainable, non_trainable, VeLOState), each leaf stacked [arms, ...]
 
     @property
     def done(self):
@@ -55,39 +73,65 @@ class Particle:
 
 def _architecture_key(config):
     """Configs equal up to their init seed build the same computation."""
-    return json.dumps({k: v for k, v in config.items() if k != "init_seed"}, sort_keys=True)
+    return json.dumps({k: v for k, v in config.items() if k != "init_seed"}, sort_keys=True,
+                      default=str)
+
+
+def _is_float(leaf):
+    return np.issubdtype(np.asarray(leaf).dtype if not hasattr(leaf, "dtype") else leaf.dtype,
+                         np.floating)
 
 
 class ParticleRunner:
     """Runs the truncations of a set of members; holds their particles between iterations.
 
     Args:
-        theta_layout: `meta.theta_vector.ThetaLayout`.
+        subspace: `meta.subspace.ThetaSubspace` (z -> theta).
         distribution: `meta.task_distribution.TaskDistribution`.
         seed: the run's seed.
-        sigma: perturbation scale.
+        sigma: perturbation scale (in z).
         truncation: steps per truncation, or None for whole episodes.
         max_loss_ratio: the normalised loss of a diverged step.
+        arms: "pair" or "center" (see the module docstring).
+        gradients: also backpropagate through each truncation.
     """
 
-    def __init__(self, theta_layout, distribution, seed, sigma, truncation, max_loss_ratio):
+    def __init__(self, subspace, distribution, seed, sigma, truncation, max_loss_ratio,
+                 arms="pair", gradients=False):
         from meta.functional_task import require_jax_backend
 
         require_jax_backend()
-        self.layout = theta_layout
+        distribution.register_user_families()
+        if arms not in ARMS:
+            raise ValueError(f"arms must be one of {sorted(ARMS)}, got {arms!r}.")
+        self.subspace = subspace
         self.distribution = distribution
         self.seed = int(seed)
         self.sigma = float(sigma)
         self.truncation = truncation
         self.max_loss_ratio = float(max_loss_ratio)
+        self.arms = arms
+        self.gradients = bool(gradients)
         self.particles = {}
         self._batches = {}
+        self._constants = None
 
     # ----------------------------------------------------------- compiled steps
 
-    def _functions(self, config):
-        """`(init_arms, pair_step)` jitted for `config`'s architecture (cached)."""
-        key = (_architecture_key(config), self.layout)
+    def _constant_leaves(self):
+        import jax.numpy as jnp
+
+        if self._constants is None:
+            self._constants = {p: jnp.asarray(v) for p, v in self.subspace.constant_leaves.items()}
+        return self._constants
+
+    def _functions(self, config, num_arms):
+        """`(init_arms, arms_step, arm_step, arm_step_vjp, task)` for `config`'s architecture (cached).
+
+        `arms_step` steps all arms at once (vmapped), `arm_step` one arm,
+        `arm_step_vjp` pulls cotangents back through one arm's step.
+        """
+        key = (_architecture_key(config), self.subspace.variable_paths, num_arms)
         if key in _COMPILED:
             _COMPILED.move_to_end(key)
             return _COMPILED[key]
@@ -97,30 +141,51 @@ class ParticleRunner:
         from meta.functional_task import FunctionalTask
 
         task = FunctionalTask(config)
-        layout = self.layout
+        merge = self.subspace.merge
 
-        def init_arms(theta_pair, trainable, non_trainable, horizon):
-            def one(theta_vector):
-                return init_state(layout.to_theta(theta_vector), task.shapes, horizon)
+        def init_arms(variable_arms, constant, trainable, non_trainable, horizon):
+            def one(variable):
+                return init_state(merge(variable, constant), task.shapes, horizon)
 
-            states = jax.vmap(one)(theta_pair)
-            pair = jax.tree_util.tree_map(lambda x: jax.numpy.stack([x, x]), (trainable, non_trainable))
+            states = jax.vmap(one)(variable_arms)
+            stack = lambda x: jax.numpy.stack([x] * num_arms)  # noqa: E731
+            pair = jax.tree_util.tree_map(stack, (trainable, non_trainable))
             return (*pair, states)
 
-        def pair_step(theta_pair, arms, x, y, scale):
-            def one(theta_vector, arm):
-                trainable, non_trainable, state = arm
-                loss, grads, non_trainable = task.loss_and_grads(trainable, non_trainable, x, y, scale)
-                trainable, state, _ = velo_update(
-                    layout.to_theta(theta_vector), state, trainable, grads, loss
-                )
-                return loss, (trainable, non_trainable, state)
+        def arm_step(variable, constant, arm, x, y, scale):
+            trainable, non_trainable, state = arm
+            loss, grads, non_trainable = task.loss_and_grads(trainable, non_trainable, x, y, scale)
+            trainable, state, _ = velo_update(merge(variable, constant), state, trainable, grads,
+                                              loss)
+            return loss, (trainable, non_trainable, state)
 
-            return jax.vmap(one)(theta_pair, arms)
+        def arms_step(variable_arms, constant, arms, x, y, scale):
+            return jax.vmap(arm_step, in_axes=(0, None, 0, None, None, None))(
+                variable_arms, constant, arms, x, y, scale)
 
+        def arm_step_vjp(variable, constant, arm, x, y, scale, loss_cotangent, float_cotangents):
+            leaves, treedef = jax.tree_util.tree_flatten(arm)
+            is_float = [_is_float(leaf) for leaf in leaves]
+
+            def on_floats(variable, floats):
+                it = iter(floats)
+                full = [next(it) if f else leaf for leaf, f in zip(leaves, is_float)]
+                loss, new_arm = arm_step(variable, constant, treedef.unflatten(full), x, y, scale)
+                new = jax.tree_util.tree_leaves(new_arm)
+                return loss, [leaf for leaf, f in zip(new, is_float) if f]
+
+            floats = [leaf for leaf, f in zip(leaves, is_float) if f]
+            _, vjp = jax.vjp(on_floats, variable, floats)
+            return vjp((loss_cotangent, float_cotangents))
+
+        # The batched step serves ES pairs without gradients; one arm at a time
+        # otherwise: XLA on CPU runs a vmapped backward pass ~7x slower (the
+        # transposed gathers and segment sums become batched scatters).
         functions = (
             init_arms,  # eager: runs once an episode, and the horizon must stay a number
-            jax.jit(pair_step),
+            jax.jit(arms_step),
+            jax.jit(arm_step),
+            jax.jit(arm_step_vjp),
             task,
         )
         _COMPILED[key] = functions
@@ -130,6 +195,34 @@ class ParticleRunner:
 
     # ------------------------------------------------------------------ running
 
+    def _arm_thetas(self, z, iteration, member):
+        """`(variable leaves stacked per arm, eps or None)` for this member's truncation."""
+        import jax
+        import jax.numpy as jnp
+
+        z = jnp.asarray(z)
+        if self.arms == "center":
+            points = z[None]
+            eps = None
+        else:
+            eps = perturbation(self.seed, iteration, member, self.subspace.size, self.sigma)
+            points = jnp.stack([z + eps, z - eps])
+        return jax.vmap(self.subspace.variable_leaves)(points), eps
+
+    def _task_and_arms(self, task, iteration, variable_arms, num_arms):
+        """A fresh particle's built task and arms for `task` (a `MemberTask`)."""
+        import jax
+
+        from meta.functional_task import FunctionalTask
+
+        init_arms, _, _, _, built = self._functions(task.config, num_arms)
+        if built.config.to_dict() != task.config:  # same architecture, other init seed
+            built = FunctionalTask(task.config)
+        trainable, non_trainable = built.initial_state(task.param_scale)
+        arms = init_arms(variable_arms, self._constant_leaves(), trainable, non_trainable,
+                         task.horizon)
+        return Particle(task, iteration, 0, float("nan"), jax.device_get(arms))
+
     def _batch_iterator(self, member, particle):
         """The particle's batches, positioned at its current step."""
         cached = self._batches.get(member)
@@ -137,66 +230,146 @@ class ParticleRunner:
             return cached[2]
         # The data depends on the config's dataset and batch size, not on its
         # init seed: the architecture's cached task serves every seed.
-        iterator = self._functions(particle.task.config)[2].train_batches(particle.task.data_seed)
+        num_arms = ARMS[self.arms]
+        iterator = self._functions(particle.task.config, num_arms)[4].train_batches(
+            particle.task.data_seed)
         for _ in range(particle.step):
             next(iterator)
         return iterator
 
-    def _new_particle(self, member, iteration, theta_pair):
-        import jax
+    def run_member(self, z, iteration, member):
+        """One truncation of `member`.
 
-        task = sample_member_task(self.distribution, self.seed, member, iteration)
-        init_arms, _, built = self._functions(task.config)
-        if built.config.to_dict() != task.config:  # same architecture, other init seed
-            from meta.functional_task import FunctionalTask
-
-            built = FunctionalTask(task.config)
-        trainable, non_trainable = built.initial_state(task.param_scale)
-        arms = init_arms(theta_pair, trainable, non_trainable, task.horizon)
-        return Particle(task, iteration, 0, float("nan"), jax.device_get(arms))
-
-    def run_member(self, theta_vector, iteration, member):
-        """One truncation of `member`: `{"member", "loss_plus", "loss_minus", "reset", "steps", "family"}`."""
+        Returns `{"member", "losses" [arms], "reset", "steps", "family"}`,
+        with `"gradient"` (`[d]`, mean over the arms) and `"gradient_finite"`
+        when the runner computes gradients.
+        """
         import jax
         import jax.numpy as jnp
 
-        eps = perturbation(self.seed, iteration, member, self.layout.size, self.sigma)
-        theta = jnp.asarray(theta_vector)
-        theta_pair = jnp.stack([theta + eps, theta - eps])
+        num_arms = ARMS[self.arms]
+        variable_arms, _ = self._arm_thetas(z, iteration, member)
         particle = self.particles.get(member)
         reset = particle is None or particle.done
         if reset:
-            particle = self._new_particle(member, iteration, theta_pair)
-        _, pair_step, _ = self._functions(particle.task.config)
+            task = sample_member_task(self.distribution, self.seed, member, iteration)
+            particle = self._task_and_arms(task, iteration, variable_arms, num_arms)
+        _, arms_step, arm_step, arm_step_vjp, _ = self._functions(particle.task.config, num_arms)
         iterator = self._batch_iterator(member, particle)
         remaining = particle.task.horizon - particle.step
         steps = remaining if self.truncation is None else min(self.truncation, remaining)
-        arms = particle.arms
-        totals = jnp.zeros((2,), jnp.float32)
+        batches = [next(iterator) for _ in range(steps)]
+        constant = self._constant_leaves()
         scale = jnp.float32(particle.task.param_scale)
-        for _ in range(steps):
-            x, y = next(iterator)
-            losses, arms = pair_step(theta_pair, arms, x, y, scale)
-            if particle.step == 0:
-                particle.initial_loss = float(losses[0])
-            totals = totals + normalised_loss(losses, particle.initial_loss, self.max_loss_ratio)
-            particle.step += 1
-        particle.arms = jax.device_get(arms)
-        self.particles[member] = particle
-        self._batches[member] = (particle, particle.step, iterator)
-        mean = np.asarray(totals) / steps
-        return {
+        first_step = particle.step == 0
+        if num_arms == 2 and not self.gradients:
+            arms, losses = particle.arms, []
+            for x, y in batches:
+                loss, arms = arms_step(variable_arms, constant, arms, x, y, scale)
+                losses.append(loss)
+            losses = jnp.stack(losses)  # [steps, arms]
+            if first_step:
+                particle.initial_loss = float(losses[0, 0])
+            gradient = None
+        else:
+            arms, losses, gradient = [], [], 0.0
+            for a in range(num_arms):
+                variable = {p: v[a] for p, v in variable_arms.items()}
+                arm = jax.tree_util.tree_map(lambda leaf: leaf[a], particle.arms)  # noqa: B023
+                history, arm_losses = [], []
+                for x, y in batches:
+                    if self.gradients:
+                        history.append(arm)
+                    loss, arm = arm_step(variable, constant, arm, x, y, scale)
+                    arm_losses.append(loss)
+                arm_losses = jnp.stack(arm_losses)
+                if first_step and a == 0:
+                    particle.initial_loss = float(arm_losses[0])
+                if self.gradients:
+                    cotangent = self._backward(variable, constant, history, batches, arm_losses,
+                                               particle.initial_loss, scale, arm_step_vjp)
+                    gradient = gradient + self.subspace.pullback(jnp.asarray(z), cotangent)
+                arms.append(arm)
+                losses.append(arm_losses)
+            arms = jax.tree_util.tree_map(lambda *leaves: jnp.stack(leaves), *arms)
+            losses = jnp.stack(losses, axis=1)
+            gradient = gradient / num_arms if self.gradients else None
+        particle.step += steps
+        normalised = normalised_loss(losses, particle.initial_loss, self.max_loss_ratio)
+        result = {
             "member": int(member),
-            "loss_plus": float(mean[0]),
-            "loss_minus": float(mean[1]),
+            "losses": [float(v) for v in np.asarray(jnp.mean(normalised, axis=0))],
             "reset": bool(reset),
             "steps": int(steps),
             "family": particle.task.config["family"],
         }
+        if gradient is not None:
+            finite = bool(jnp.all(jnp.isfinite(gradient)))
+            result["gradient"] = np.asarray(gradient if finite else jnp.zeros_like(gradient))
+            result["gradient_finite"] = finite
+        particle.arms = jax.device_get(arms)
+        self.particles[member] = particle
+        self._batches[member] = (particle, particle.step, iterator)
+        return result
 
-    def run(self, theta_vector, iteration, members):
+    def _backward(self, variable, constant, history, batches, losses, initial_loss, scale,
+                  arm_step_vjp):
+        """Cotangents of one arm's variable leaves: d(mean normalised loss)/d(leaf)."""
+        import jax
+        import jax.numpy as jnp
+
+        slope = jax.vmap(jax.grad(
+            lambda loss: normalised_loss(loss, initial_loss, self.max_loss_ratio)))(losses)
+        slope = slope / losses.shape[0]
+        leaves = jax.tree_util.tree_leaves(history[0])
+        float_cotangents = [jnp.zeros_like(leaf) for leaf in leaves if _is_float(leaf)]
+        total = jax.tree_util.tree_map(jnp.zeros_like, variable)
+        for t in range(len(history) - 1, -1, -1):
+            x, y = batches[t]
+            variable_cotangent, float_cotangents = arm_step_vjp(
+                variable, constant, history[t], x, y, scale, slope[t], float_cotangents)
+            total = jax.tree_util.tree_map(jnp.add, total, variable_cotangent)
+        return total
+
+    def run(self, z, iteration, members):
         """`run_member` for each of `members`, in order."""
-        return [self.run_member(theta_vector, iteration, m) for m in members]
+        return [self.run_member(z, iteration, m) for m in members]
+
+    # ---------------------------------------------------------------- scoring
+
+    def score_task(self, z, task):
+        """Trains `task` (`meta.validation.ValidationTask`) for its horizon with theta(z).
+
+        Returns `{"name", "family", "normalised" [horizon]}`: each step's
+        training loss over the first, clipped to `[0, max_loss_ratio]`.
+        """
+        import jax
+        import jax.numpy as jnp
+
+        from meta.task_distribution import MemberTask
+
+        variable = {p: v[None] for p, v in self.subspace.variable_leaves(jnp.asarray(z)).items()}
+        member_task = MemberTask(task.config, task.horizon, task.param_scale, task.data_seed)
+        particle = self._task_and_arms(member_task, 0, variable, 1)
+        _, _, arm_step, _, built = self._functions(task.config, 1)
+        iterator = built.train_batches(task.data_seed)
+        arm = jax.tree_util.tree_map(lambda leaf: leaf[0], particle.arms)
+        variable = {p: v[0] for p, v in variable.items()}
+        losses = []
+        scale = jnp.float32(task.param_scale)
+        constant = self._constant_leaves()
+        for _ in range(task.horizon):
+            x, y = next(iterator)
+            loss, arm = arm_step(variable, constant, arm, x, y, scale)
+            losses.append(loss)
+        losses = np.asarray(jnp.stack(losses), np.float64)
+        normalised = np.asarray(normalised_loss(losses, losses[0], self.max_loss_ratio))
+        return {"name": task.name, "family": task.config["family"],
+                "normalised": normalised.tolist()}
+
+    def score(self, z, tasks):
+        """`score_task` for each task, in order."""
+        return [self.score_task(z, task) for task in tasks]
 
     # ------------------------------------------------------------- checkpoints
 

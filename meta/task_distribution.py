@@ -7,7 +7,8 @@ after a kill -- draws the same task for the same member and episode:
 * the family, uniformly over `distribution.families` (BatchNorm residual
   nets, `resnet`, are one of the seven), then a config of that family from
   `task_families.suites.sample_meta_training_task`, which never returns a
-  held-out (canonical evaluation) task, within the FLOP budget;
+  held-out (canonical evaluation) task, within the FLOP budget (or, for a
+  user's family, `meta.user_family`, the seed its function gets);
 * the horizon (the inner run's length, the `total_steps` VeLO is told),
   log-uniform in `[min_horizon, max_horizon]`, as the anchors sample unroll
   lengths;
@@ -26,9 +27,22 @@ import math
 
 import numpy as np
 
+ALL_FAMILIES = ("image_mlp", "image_cnn", "resnet", "transformer_lm", "rnn_lm", "autoencoder", "vae")
+
 
 @dataclasses.dataclass(frozen=True)
 class TaskDistribution:
+    """What members train.
+
+    Attributes:
+        families: registry names (`task_families.FAMILIES`) and/or
+            `meta.user_family.UserFamily` objects.
+        max_flops_per_step: budget of a registry family's sampled config.
+        min_horizon, max_horizon: horizons are log-uniform in this range.
+        param_scale_range: the parameter-scale augmentation's range.
+        config_pool: None, or the number of fixed configs per family.
+    """
+
     families: tuple
     max_flops_per_step: float
     min_horizon: int
@@ -39,9 +53,14 @@ class TaskDistribution:
     def __post_init__(self):
         from task_families import FAMILIES
 
-        unknown = sorted(set(self.families) - set(FAMILIES))
-        if not self.families or unknown:
-            raise ValueError(f"families must be a non-empty subset of {sorted(FAMILIES)}, got {self.families!r}.")
+        object.__setattr__(self, "families", tuple(self.families))
+        unknown = sorted(str(f) for f in self.families if isinstance(f, str) and f not in FAMILIES)
+        others = [f for f in self.families if not isinstance(f, str) and not _is_user_family(f)]
+        if not self.families or unknown or others:
+            raise ValueError(
+                f"families must be names from {sorted(FAMILIES)} or meta.user_family.UserFamily "
+                f"objects, got {self.families!r}."
+            )
         if not 1 <= self.min_horizon <= self.max_horizon:
             raise ValueError(
                 f"need 1 <= min_horizon <= max_horizon, got {self.min_horizon} and {self.max_horizon}."
@@ -51,6 +70,41 @@ class TaskDistribution:
             raise ValueError(f"config_pool must be None or >= 1, got {self.config_pool!r}.")
         if not 0 < low <= high:
             raise ValueError(f"param_scale_range must be (low, high) with 0 < low <= high, got {self.param_scale_range!r}.")
+
+    def to_dict(self):
+        data = dataclasses.asdict(self)
+        data["families"] = [family_name(f) for f in self.families]
+        return data
+
+    def register_user_families(self):
+        """Makes this distribution's user families buildable in this process."""
+        from meta.user_family import register
+
+        for family in self.families:
+            if not isinstance(family, str):
+                register(family)
+
+
+def _is_user_family(family):
+    from meta.user_family import UserFamily
+
+    return isinstance(family, UserFamily)
+
+
+def family_name(family):
+    """A family's name: the registry name, or a user family's `module:function`."""
+    return family if isinstance(family, str) else family.name
+
+
+def sample_family_config(family, config_seed, max_flops_per_step):
+    """The config (a dict) of `family` drawn from `config_seed`."""
+    if not isinstance(family, str):
+        return {"family": family.name, "seed": int(config_seed)}
+    from task_families.suites import sample_meta_training_task
+
+    return sample_meta_training_task(
+        config_seed, families=(family,), max_flops_per_step=max_flops_per_step
+    ).to_dict()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,18 +123,12 @@ def _log_uniform(rng, low, high):
 
 def sample_member_task(distribution, seed, member, episode_start):
     """The task of `member` for the episode that begins at iteration `episode_start`."""
-    from task_families.suites import sample_meta_training_task
-
     rng = np.random.default_rng([int(seed), int(member), int(episode_start), 0x7E10])
     family = distribution.families[int(rng.integers(len(distribution.families)))]
     config_seed = int(rng.integers(2**31))
     if distribution.config_pool is not None:
         config_seed %= distribution.config_pool
-    config = sample_meta_training_task(
-        config_seed,
-        families=(family,),
-        max_flops_per_step=distribution.max_flops_per_step,
-    )
+    config = sample_family_config(family, config_seed, distribution.max_flops_per_step)
     horizon = int(round(_log_uniform(rng, distribution.min_horizon, distribution.max_horizon)))
     scale = _log_uniform(rng, *distribution.param_scale_range)
-    return MemberTask(config.to_dict(), horizon, scale, int(rng.integers(2**31)))
+    return MemberTask(config, horizon, scale, int(rng.integers(2**31)))

@@ -1,25 +1,34 @@
-"""`python -m meta.train`: meta-train VeLO's weights with evolution strategies, on Ray.
+"""`python -m meta.train`: meta-train VeLO's weights, judged on a held-out meta-validation set.
 
     python -m meta.train --config smoke --out runs/smoke
     python -m meta.train --config cpu --out runs/cpu --init bundled        # hours
     python -m meta.train --config cpu --out runs/cpu --resume              # after a kill
+    python -m meta.train --config cpu --out runs/mine --family mytasks:make_task --minutes 10
     python -m meta.train --config gpu --out runs/gpu --address auto        # a Ray cluster
 
 Writes into `--out`:
 
 * `theta/`: the current theta as an official-format checkpoint (`params` +
   `config.gin`), loadable as `keras_velo.VeLO(weights="DIR/theta")` on
-  every backend; rewritten at every checkpoint;
+  every backend; rewritten at every checkpoint (large: keep it out of git,
+  `python -m meta.evaluate --run DIR --export PATH` rebuilds it);
 * `metrics.jsonl`: one JSON record per meta-iteration (`iteration`,
-  `meta_loss`, `gradient_norm`, `wall_time_s`, ...);
-* `meta_loss.png`: the meta-loss curve;
-* `run_state.pkl` and `run_config.json`: what `--resume` needs to continue
-  exactly as an uninterrupted run would (theta, Adam's state, the members'
-  inner training states and episode starts, and the iteration; every random
-  draw -- perturbations included, so they are regenerated rather than
-  stored -- is a function of the seed, the iteration and the member; about
-  3x theta's size, small enough to commit). Iterations after the last
-  checkpoint are redone on resume.
+  `meta_loss`, `gradient_norm`, `wall_time_s`, ...) and one per
+  meta-validation (`"kind": "validation"`, `after_iteration`,
+  `training_minutes`, `meta_valid`: the score of `meta.validation`);
+* `meta_valid.png` (the meta-validation curve, the starting theta's score
+  as a reference line: how a run is judged) and `meta_loss.png`;
+* `run_state.npz` and `run_config.json`: what `--resume` needs, compact:
+  the iteration, z (the run's coordinates, `meta.subspace`), Adam's state
+  and each member's episode start (perturbations are regenerated, theta0
+  is `--init`, checked by fingerprint); for a subspace of d coordinates
+  about 12 d bytes;
+* `particles.pkl`: the members' inner training states (large: keep it out
+  of git). With it, `--resume` continues bit for bit as an uninterrupted
+  run would; without it (a run committed without its particles) members
+  start new episodes where the run resumes.
+
+Iterations after the last checkpoint are redone on resume.
 """
 
 import argparse
@@ -33,14 +42,19 @@ import time
 
 import numpy as np
 
-RUN_STATE = "run_state.pkl"
+RUN_STATE = "run_state.npz"
+PARTICLES = "particles.pkl"
 RUN_CONFIG = "run_config.json"
 METRICS = "metrics.jsonl"
-PLOT = "meta_loss.png"
+LOSS_PLOT = "meta_loss.png"
+VALID_PLOT = "meta_valid.png"
+# Neither changes a run's results: a run may be resumed with more iterations,
+# a longer time budget or on another number of workers.
+RESUMABLE_CHANGES = ("iterations", "minutes", "workers", "validate_every", "validate_every_minutes")
 
 
 def initial_theta(init, seed=0):
-    """Theta to start from: "bundled", "random" (seeded) or a checkpoint path."""
+    """Theta to start from: "bundled", "random" (seeded), "velo", or a checkpoint path."""
     from keras_velo.pretrained import resolve_weights
 
     if init == "random":
@@ -48,36 +62,81 @@ def initial_theta(init, seed=0):
     return resolve_weights(init)
 
 
-def save_run_state(out, learner, particles):
-    """Atomically writes `out/run_state.pkl`."""
-    path = pathlib.Path(out) / RUN_STATE
-    temporary = path.with_suffix(".tmp")
-    state = {
-        "iteration": learner.iteration,
-        "theta_vector": learner.theta_vector,
-        "optimizer_state": learner.optimizer_state,
-        "episode_starts": learner.episode_starts,
-        "particles": particles,
-    }
+def build_subspace(config, init):
+    """`(ThetaSubspace, description of theta0)` of a run."""
+    from meta.subspace import ThetaSubspace
+
+    theta0, description = initial_theta(init, config.seed)
+    return ThetaSubspace(config.subspace, theta0), description
+
+
+# ------------------------------------------------------------------ run files
+
+
+def _atomic_write(path, write):
+    temporary = path.with_name(path.name + ".tmp")
     with open(temporary, "wb") as file:
-        pickle.dump(state, file, protocol=pickle.HIGHEST_PROTOCOL)
+        write(file)
         file.flush()
         os.fsync(file.fileno())
     os.replace(temporary, path)
 
 
-def load_run_state(out):
-    with open(pathlib.Path(out) / RUN_STATE, "rb") as file:
-        return pickle.load(file)
+def save_run_state(out, learner, particles, training_seconds):
+    """Writes `run_state.npz` (compact) and `particles.pkl`, each atomically."""
+    import jax
+
+    leaves = jax.tree_util.tree_leaves(learner.optimizer_state)
+    members = sorted(learner.episode_starts)
+    arrays = {
+        "iteration": np.asarray(learner.iteration, np.int64),
+        "z": learner.z,
+        "episode_members": np.asarray(members, np.int64),
+        "episode_starts": np.asarray([learner.episode_starts[m] for m in members], np.int64),
+        "training_seconds": np.asarray(training_seconds, np.float64),
+        **{f"optimizer_{i}": np.asarray(leaf) for i, leaf in enumerate(leaves)},
+    }
+    out = pathlib.Path(out)
+    _atomic_write(out / PARTICLES, lambda f: pickle.dump(
+        {"iteration": learner.iteration, "particles": particles}, f,
+        protocol=pickle.HIGHEST_PROTOCOL))
+    _atomic_write(out / RUN_STATE, lambda f: np.savez(f, **arrays))
 
 
-def write_theta(out, layout, theta_vector, iteration, config_name):
+def load_run_state(out, learner):
+    """Restores `learner` from `run_state.npz`; returns `(particles or None, training seconds)`."""
+    import jax
+
+    with np.load(pathlib.Path(out) / RUN_STATE) as data:
+        learner.iteration = int(data["iteration"])
+        learner.z = np.asarray(data["z"], np.float32)
+        treedef = jax.tree_util.tree_structure(learner.optimizer_state)
+        count = treedef.num_leaves
+        learner.optimizer_state = jax.tree_util.tree_unflatten(
+            treedef, [np.asarray(data[f"optimizer_{i}"]) for i in range(count)])
+        learner.episode_starts = dict(zip(data["episode_members"].tolist(),
+                                          data["episode_starts"].tolist()))
+        seconds = float(data["training_seconds"])
+    learner.regenerate_accumulated()
+    particles = None
+    path = pathlib.Path(out) / PARTICLES
+    if path.exists():
+        with open(path, "rb") as file:
+            saved = pickle.load(file)
+        if saved["iteration"] == learner.iteration:
+            particles = saved["particles"]
+    return particles, seconds
+
+
+def write_theta(directory, subspace, z, iteration, config_name):
+    """Writes theta(z) as an official-format checkpoint in `directory`."""
     from keras_velo.checkpoint import write_checkpoint
 
-    directory = pathlib.Path(out) / "theta"
+    directory = pathlib.Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    theta = layout.to_theta(np.asarray(theta_vector, np.float32))
-    return write_checkpoint(f"{directory}{os.sep}", theta, gen_id=f"keras_velo_meta_{config_name}", step=iteration)
+    theta = subspace.theta(np.asarray(z, np.float32))
+    return write_checkpoint(f"{directory}{os.sep}", theta, gen_id=f"keras_velo_meta_{config_name}",
+                            step=iteration)
 
 
 def read_metrics(out):
@@ -88,32 +147,55 @@ def read_metrics(out):
 
 
 def truncate_metrics(out, iteration):
-    """Keeps the records of iterations before `iteration` (the resumed run redoes the rest)."""
-    kept = [r for r in read_metrics(out) if r["iteration"] < iteration]
+    """Keeps what happened before `iteration` (the resumed run redoes the rest)."""
+    kept = [r for r in read_metrics(out)
+            if (r.get("after_iteration", -1) <= iteration if r.get("kind") == "validation"
+                else r["iteration"] < iteration)]
     path = pathlib.Path(out) / METRICS
     path.write_text("".join(json.dumps(r) + "\n" for r in kept))
 
 
-# Neither changes a run's results: a run may be resumed with more iterations
-# or on another number of workers.
-RESUMABLE_CHANGES = ("iterations", "workers")
-
-
-def _config_record(config, init):
+def _config_record(config, init, subspace):
     fixed = {k: v for k, v in config.to_dict().items() if k not in RESUMABLE_CHANGES}
-    return json.loads(json.dumps({"config": fixed, "init": init}))
+    return json.loads(json.dumps({"config": fixed, "init": init, "subspace_size": subspace.size,
+                                  "theta0_sha256": subspace.fingerprint}))
+
+
+def load_run(out):
+    """`(config record, subspace, z, iteration)` of the run in `out` (for evaluation)."""
+    from meta.subspace import SubspaceSpec, ThetaSubspace
+
+    out = pathlib.Path(out)
+    record = json.loads((out / RUN_CONFIG).read_text())
+    spec = SubspaceSpec.from_dict(record["config"]["subspace"])
+    theta0, _ = initial_theta(record["init"], record["config"]["seed"])
+    subspace = ThetaSubspace(spec, theta0)
+    if subspace.fingerprint != record["theta0_sha256"]:
+        raise ValueError(
+            f"{out}: its starting theta {record['init']!r} is not the one the run began from "
+            "(fingerprint differs); the run's z only makes sense from that theta."
+        )
+    with np.load(out / RUN_STATE) as data:
+        return record, subspace, np.asarray(data["z"], np.float32), int(data["iteration"])
+
+
+# ------------------------------------------------------------------ training
 
 
 def train(config, out, init="bundled", resume=False, address=None, progress=True):
     """Runs `config` into directory `out`; returns the final `MetaLearner`."""
-    from meta.learner import MetaLearner
-    from meta.plots import plot_meta_loss
-    from meta.theta_vector import ThetaLayout
+    from meta.learner import ESTIMATORS, MetaLearner
+    from meta.plots import plot_meta_loss, plot_meta_validation
+    from meta.validation import score
     from meta.workers import make_pool
 
+    from meta.compile_cache import enable
+
+    enable()
     out = pathlib.Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    record = _config_record(config, init)
+    subspace, description = build_subspace(config, init)
+    record = _config_record(config, init, subspace)
     config_path = out / RUN_CONFIG
     if resume:
         if not (out / RUN_STATE).exists():
@@ -123,8 +205,8 @@ def train(config, out, init="bundled", resume=False, address=None, progress=True
         saved = json.loads(config_path.read_text())
         if saved != record:
             raise ValueError(
-                f"--resume: {out} holds a run of another configuration ({saved}); "
-                "use the same --config, --init and overrides, or a new --out."
+                f"--resume: {out} holds a run of another configuration or starting theta "
+                f"({saved}); use the same --config, --init and overrides, or a new --out."
             )
     elif (out / RUN_STATE).exists():
         raise FileExistsError(
@@ -133,49 +215,141 @@ def train(config, out, init="bundled", resume=False, address=None, progress=True
         )
     config_path.write_text(json.dumps(record, indent=1))
 
-    theta, description = initial_theta(init, config.seed)
-    layout = ThetaLayout.of(theta)
-    learner = MetaLearner.start(config, layout.to_vector(theta))
+    learner = MetaLearner.start(config, subspace.size)
+    arms, gradients = ESTIMATORS[config.estimator]
     runner_arguments = (
-        layout, config.distribution, config.seed, config.sigma,
-        config.unroll_truncation, config.max_loss_ratio,
+        subspace, config.distribution, config.seed, config.sigma,
+        config.unroll_truncation, config.max_loss_ratio, arms, gradients,
     )
+    tasks = config.validation.tasks()
     pool = make_pool(runner_arguments, config.workers, address)
+    training_seconds = 0.0
     try:
         if resume:
-            state = load_run_state(out)
-            learner.iteration = state["iteration"]
-            learner.theta_vector = state["theta_vector"]
-            learner.optimizer_state = state["optimizer_state"]
-            learner.episode_starts = state["episode_starts"]
-            learner.regenerate_accumulated()
-            pool.set_particles(state["particles"])
+            particles, training_seconds = load_run_state(out, learner)
+            if particles is None:
+                _log(f"{out / PARTICLES} is missing or older than the run state: members "
+                     "start new episodes here (resumed exactly only with it)")
+                learner.episode_starts, learner.accumulated = {}, {}
+            else:
+                pool.set_particles(particles)
             truncate_metrics(out, learner.iteration)
         else:
             truncate_metrics(out, 0)
-        _log(f"meta-training {config.name}: {config.estimator}, {config.members} members, "
-             f"{config.workers or 'no'} Ray workers, from {description}, "
-             f"iterations {learner.iteration}..{config.iterations}")
+        _log(f"meta-training {config.name}: {config.estimator} in {config.subspace.describe()} "
+             f"(d = {subspace.size:,}), {config.members} members, "
+             f"{config.workers or 'no'} Ray workers, from {description}, iterations "
+             f"{learner.iteration}..{config.iterations}"
+             + (f", at most {config.minutes:g} training minutes" if config.minutes else ""))
+
+        def validate():
+            started = time.perf_counter()
+            result = score(pool.score(learner.z, tasks))
+            entry = {"kind": "validation", "after_iteration": learner.iteration,
+                     "training_minutes": training_seconds / 60, "meta_valid": result,
+                     "wall_time_s": time.perf_counter() - started}
+            with open(out / METRICS, "a") as file:
+                file.write(json.dumps(entry) + "\n")
+            _log(f"meta-validation after {learner.iteration} iterations "
+                 f"({training_seconds / 60:.1f} training minutes): final "
+                 f"{result['final']:.4f} ± {result['final_se']:.4f}, mean "
+                 f"{result['mean']:.4f} ± {result['mean_se']:.4f} ({len(tasks)} tasks, "
+                 f"{entry['wall_time_s']:.0f} s)")
+            plot_meta_validation(read_metrics(out), out / VALID_PLOT,
+                                 title=f"meta-validation ({config.validation.name}): {config.name}")
+
+        if not any(r.get("kind") == "validation" and r["after_iteration"] == learner.iteration
+                   for r in read_metrics(out)):
+            validate()
         bar = _progress(config.iterations, learner.iteration, progress)
-        started = time.perf_counter()
+
+        def out_of_time():
+            return config.minutes is not None and training_seconds >= 60 * config.minutes
+
         with open(out / METRICS, "a") as metrics:
-            while learner.iteration < config.iterations:
+            while learner.iteration < config.iterations and not out_of_time():
+                started = time.perf_counter()
                 result = learner.step(pool)
-                result["elapsed_s"] = time.perf_counter() - started
+                training_seconds += time.perf_counter() - started
+                result["training_minutes"] = training_seconds / 60
                 metrics.write(json.dumps(result) + "\n")
                 metrics.flush()
                 bar.update(1)
                 bar.set_postfix(meta_loss=f"{result['meta_loss']:.4f}")
-                done = learner.iteration == config.iterations
+                done = learner.iteration == config.iterations or out_of_time()
                 if done or learner.iteration % config.checkpoint_every == 0:
-                    write_theta(out, layout, learner.theta_vector, learner.iteration, config.name)
-                    save_run_state(out, learner, pool.get_particles())
-                    plot_meta_loss(read_metrics(out), out / PLOT, title=f"meta-training: {config.name}")
+                    write_theta(out / "theta", subspace, learner.z, learner.iteration, config.name)
+                    save_run_state(out, learner, pool.get_particles(), training_seconds)
+                    plot_meta_loss(read_metrics(out), out / LOSS_PLOT,
+                                   title=f"meta-training: {config.name}")
+                if done or _validation_due(config, learner.iteration, training_seconds,
+                                           result["wall_time_s"]):
+                    metrics.flush()
+                    validate()
         bar.close()
     finally:
         pool.close()
-    _log(f"wrote {out / 'theta'} (iteration {learner.iteration}), {out / METRICS}, {out / PLOT}")
+    _log(f"wrote {out / 'theta'} (iteration {learner.iteration}), {out / METRICS}, "
+         f"{out / VALID_PLOT}")
     return learner
+
+
+def _validation_due(config, iteration, training_seconds, last_seconds):
+    """Whether the iteration that just ended crossed a validation point."""
+    if config.validate_every_minutes is None:
+        return iteration % config.validate_every == 0
+    period = 60 * config.validate_every_minutes
+    return training_seconds // period > (training_seconds - last_seconds) // period
+
+
+def meta_train(out, family=None, config="cpu", init="bundled", resume=False, progress=True,
+               **overrides):
+    """Meta-trains from Python; returns the final `MetaLearner`.
+
+    Args:
+        out: the run directory.
+        family: None (the preset's task families), or your own: a function
+            `seed -> (compiled keras model, (x, y))` (see `meta.user_family`),
+            a `UserFamily`, or "module:function". Members then train only
+            it, and the meta-validation set is drawn from it.
+        config: a preset name or a `MetaTrainingConfig`.
+        init: the starting theta ("bundled", "velo", "random" or a path).
+        **overrides: fields of `MetaTrainingConfig` (`minutes=10`,
+            `workers=0`, `learning_rate=...`), or `validation_tasks=N`.
+
+    Example:
+        >>> meta_train("runs/mine", family=my_family, minutes=5, workers=0)
+    """
+    from meta.configs import get_preset
+
+    if isinstance(config, str):
+        config = get_preset(config)
+    validation_tasks = overrides.pop("validation_tasks", None)
+    if family is not None:
+        config = for_user_family(config, family, validation_tasks)
+    if overrides:
+        config = dataclasses.replace(config, **overrides)
+    return train(config, out, init=init, resume=resume, progress=progress)
+
+
+def for_user_family(config, family, validation_tasks=None):
+    """`config` with its members and meta-validation drawn from a user's task family."""
+    from meta.user_family import UserFamily, from_spec
+    from meta.validation import ValidationSet
+
+    if isinstance(family, str):
+        family = from_spec(family)
+    elif not isinstance(family, UserFamily):
+        family = UserFamily(family)
+    distribution = dataclasses.replace(config.distribution, families=(family,),
+                                       param_scale_range=(1.0, 1.0))
+    validation = ValidationSet(
+        f"{family.name}-valid", (family,), tasks_per_family=validation_tasks or 8,
+        min_horizon=config.distribution.min_horizon,
+        max_horizon=min(config.distribution.max_horizon, config.validation.max_horizon),
+    )
+    return dataclasses.replace(config, name=f"{config.name}-{family.name}",
+                               distribution=distribution, validation=validation)
 
 
 def _log(message):
@@ -196,11 +370,20 @@ def parse_args(argv=None):
     parser.add_argument("--config", required=True, choices=sorted(PRESETS), help="a named preset")
     parser.add_argument("--out", required=True, help="run directory")
     parser.add_argument("--iterations", type=int, help="meta-iterations in all (overrides the preset)")
+    parser.add_argument("--minutes", type=float, help="stop after this many training minutes")
     parser.add_argument("--workers", type=int, help="Ray workers; 0 runs without Ray")
-    parser.add_argument("--members", type=int, help="antithetic pairs per iteration")
+    parser.add_argument("--members", type=int, help="members per iteration")
     parser.add_argument("--seed", type=int, help="the run's seed")
+    parser.add_argument("--estimator", help="pes | es | tbptt | pes+tbptt (overrides the preset)")
+    parser.add_argument("--blocks", help="comma-separated blocks of theta to train, or 'all' "
+                        "(meta.subspace.BLOCKS)")
+    parser.add_argument("--dimension", type=int, help="train a random subspace of this dimension")
+    parser.add_argument("--learning-rate", type=float, help="Adam's learning rate on z")
+    parser.add_argument("--family", help="your own task family, 'module:function' "
+                        "(meta.user_family); members and meta-validation draw from it")
+    parser.add_argument("--validation-tasks", type=int, help="meta-validation tasks of --family")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out")
-    parser.add_argument("--init", default="bundled", help="bundled | random | PATH of a checkpoint")
+    parser.add_argument("--init", default="bundled", help="bundled | velo | random | PATH of a checkpoint")
     parser.add_argument("--address", help="join the Ray cluster at this address ('auto' or host:port)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser.parse_args(argv)
@@ -208,10 +391,19 @@ def parse_args(argv=None):
 
 def config_from_args(args):
     from meta.configs import get_preset
+    from meta.subspace import SubspaceSpec
 
     config = get_preset(args.config)
-    overrides = {k: getattr(args, k) for k in ("iterations", "workers", "members", "seed")
+    if args.family:
+        config = for_user_family(config, args.family, args.validation_tasks)
+    overrides = {k: getattr(args, k) for k in
+                 ("iterations", "minutes", "workers", "members", "seed", "estimator")
                  if getattr(args, k) is not None}
+    if args.learning_rate is not None:
+        overrides["learning_rate"] = args.learning_rate
+    if args.blocks is not None or args.dimension is not None:
+        blocks = tuple(args.blocks.split(",")) if args.blocks else config.subspace.blocks
+        overrides["subspace"] = SubspaceSpec(blocks, args.dimension, config.subspace.seed)
     return dataclasses.replace(config, **overrides) if overrides else config
 
 

@@ -2,8 +2,10 @@
 
 Both pools take the same calls from the learner:
 
-* `run(theta_vector, iteration, members)` -> `(results, failed_members)`:
+* `run(z, iteration, members)` -> `(results, failed_members)`:
   one truncation of every member; `results` in member order;
+* `score(z, tasks)` -> one record per meta-validation task, in order
+  (tasks are spread over the workers);
 * `get_particles()` / `set_particles(particles)` for checkpoints;
 * `close()`.
 
@@ -30,8 +32,11 @@ class LocalPool:
     def __init__(self, runner_arguments):
         self.runner = ParticleRunner(*runner_arguments)
 
-    def run(self, theta_vector, iteration, members):
-        return self.runner.run(theta_vector, iteration, members), []
+    def run(self, z, iteration, members):
+        return self.runner.run(z, iteration, members), []
+
+    def score(self, z, tasks):
+        return self.runner.score(z, tasks)
 
     def get_particles(self):
         return self.runner.get_particles()
@@ -48,10 +53,16 @@ class _ParticleActor:
 
     def __init__(self, runner_arguments):
         os.environ.setdefault("KERAS_BACKEND", "jax")
+        from meta.compile_cache import enable
+
+        enable()
         self.runner = ParticleRunner(*runner_arguments)
 
-    def run(self, theta_vector, iteration, members):
-        return self.runner.run(theta_vector, iteration, members)
+    def run(self, z, iteration, members):
+        return self.runner.run(z, iteration, members)
+
+    def score(self, z, tasks):
+        return self.runner.score(z, tasks)
 
     def get_particles(self):
         return self.runner.get_particles()
@@ -68,7 +79,10 @@ class RayPool:
         import ray
 
         if not ray.is_initialized():
-            environment = {"env_vars": {"KERAS_BACKEND": "jax", "TF_CPP_MIN_LOG_LEVEL": "3"}}
+            from meta.compile_cache import cache_directory
+
+            environment = {"env_vars": {"KERAS_BACKEND": "jax", "TF_CPP_MIN_LOG_LEVEL": "3",
+                                        "JAX_COMPILATION_CACHE_DIR": str(cache_directory())}}
             if address is None:
                 ray.init(num_cpus=workers, include_dashboard=False, runtime_env=environment,
                          log_to_driver=False, configure_logging=False)
@@ -82,14 +96,14 @@ class RayPool:
     def _members_of(self, index, members):
         return [m for m in members if m % len(self.actors) == index]
 
-    def run(self, theta_vector, iteration, members):
+    def run(self, z, iteration, members):
         ray = self._ray
-        theta_ref = ray.put(theta_vector)
+        z_ref = ray.put(z)
         calls = {}
         for index, actor in enumerate(self.actors):
             own = self._members_of(index, members)
             if own:
-                calls[index] = (own, actor.run.remote(theta_ref, iteration, own))
+                calls[index] = (own, actor.run.remote(z_ref, iteration, own))
         results, failed = [], []
         for index, (own, reference) in calls.items():
             try:
@@ -99,6 +113,30 @@ class RayPool:
                 self.actors[index] = self._actor_class.remote(self._arguments)
         results.sort(key=lambda result: result["member"])
         return results, sorted(failed)
+
+    def score(self, z, tasks):
+        """Task i on actor i % workers; an actor that dies is restarted and its tasks rerun."""
+        ray = self._ray
+        z_ref = ray.put(z)
+        records = [None] * len(tasks)
+        for _ in range(3):
+            pending = [i for i, r in enumerate(records) if r is None]
+            if not pending:
+                break
+            calls = {}
+            for index, actor in enumerate(self.actors):
+                own = [i for i in pending if i % len(self.actors) == index]
+                if own:
+                    calls[index] = (own, actor.score.remote(z_ref, [tasks[i] for i in own]))
+            for index, (own, reference) in calls.items():
+                try:
+                    for i, record in zip(own, ray.get(reference)):
+                        records[i] = record
+                except (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError):
+                    self.actors[index] = self._actor_class.remote(self._arguments)
+        if any(r is None for r in records):
+            raise RuntimeError("meta-validation failed three times on the Ray workers.")
+        return records
 
     def get_particles(self):
         particles = {}

@@ -1,0 +1,140 @@
+"""Meta-training estimators and parameterisations, compared at equal CPU time on meta-validation.
+
+    KERAS_BACKEND=jax python benchmarks/meta_estimators.py --init bundled --minutes 20
+    KERAS_BACKEND=jax python benchmarks/meta_estimators.py --variants tbptt-blocks,pes-blocks
+
+Each variant is the `cpu` preset with another estimator, part of theta and
+meta learning rate (`VARIANTS`), trained for `--minutes` of training time
+(meta-validation excluded) from the same starting theta, on the same
+members' tasks, scored on the `cpu` meta-validation set every
+`--validate-every` training minutes. Runs are resumable (an interrupted
+comparison continues where it stopped; a finished variant is not rerun).
+Writes `OUT/table.md` (the score at the end against the start, with the
+paired standard error across tasks) and `OUT/meta_estimators.png` (the
+meta-validation curves against training minutes).
+"""
+
+import argparse
+import dataclasses
+import json
+import os
+import pathlib
+import sys
+
+os.environ.setdefault("KERAS_BACKEND", "jax")
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+
+BLOCKS = ("step_size_head", "mlp_bank", "mix_layers")
+VARIANTS = {
+    # name: (estimator, blocks, random-subspace dimension, meta learning rate)
+    "pes-full": ("pes", ("all",), None, 3e-4),
+    "pes-random1000": ("pes", ("all",), 1000, 3e-3),
+    "pes-blocks": ("pes", BLOCKS, None, 3e-3),
+    "tbptt-blocks": ("tbptt", BLOCKS, None, 3e-3),
+    "pes+tbptt-blocks": ("pes+tbptt", BLOCKS, None, 3e-3),
+}
+
+
+def variant_config(name, minutes, validate_every):
+    from meta.configs import get_preset
+    from meta.subspace import SubspaceSpec
+
+    estimator, blocks, dimension, learning_rate = VARIANTS[name]
+    return dataclasses.replace(
+        get_preset("cpu"), name=f"cpu-{name}", estimator=estimator,
+        subspace=SubspaceSpec(blocks, dimension), learning_rate=learning_rate,
+        minutes=minutes, iterations=100_000, validate_every_minutes=validate_every,
+    )
+
+
+def run_variant(name, out, init, minutes, validate_every):
+    from meta.train import RUN_STATE, read_metrics, train
+
+    directory = pathlib.Path(out) / name
+    config = variant_config(name, minutes, validate_every)
+    records = read_metrics(directory)
+    trained = max([r.get("training_minutes", 0) for r in records], default=0)
+    if (directory / RUN_STATE).exists() and trained >= minutes:
+        return
+    train(config, directory, init=init, resume=(directory / RUN_STATE).exists(), progress=False)
+
+
+def summarise(out, names):
+    """`(markdown table, {name: validation records})`."""
+    from meta.plots import validation_records
+    from meta.train import read_metrics
+    from meta.validation import paired_difference
+
+    rows = ["| variant | estimator | part of theta (d) | meta lr | iterations | meta-valid final (start → end) | change (paired SE) | meta-valid mean (start → end) | change (paired SE) |",
+            "|---|---|---|---:|---:|---:|---:|---:|---:|"]
+    curves = {}
+    for name in names:
+        records = read_metrics(pathlib.Path(out) / name)
+        valid = validation_records(records)
+        if len(valid) < 2:
+            continue
+        curves[name] = valid
+        start, end = valid[0]["meta_valid"], valid[-1]["meta_valid"]
+        iterations = sum(1 for r in records if r.get("kind") != "validation")
+        estimator, blocks, dimension, learning_rate = VARIANTS[name]
+        config = json.loads((pathlib.Path(out) / name / "run_config.json").read_text())
+        cells = []
+        for key in ("final", "mean"):
+            difference, error = paired_difference(end, start, key)
+            cells += [f"{start[key]:.4f} → {end[key]:.4f}",
+                      f"{difference / start[key]:+.1%} ({error / start[key]:.1%})"]
+        where = "+".join(blocks) if dimension is None else f"random subspace of {'+'.join(blocks)}"
+        size = config.get("subspace_size", "")
+        rows.append(f"| {name} | {estimator} | {where}{f' ({size:,})' if size else ''} | "
+                    f"{learning_rate:g} | {iterations} | " + " | ".join(cells) + " |")
+    return "\n".join(rows) + "\n", curves
+
+
+def plot(curves, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for name, records in curves.items():
+        minutes = [r["training_minutes"] for r in records]
+        for axis, key in zip(axes, ("final", "mean")):
+            axis.plot(minutes, [r["meta_valid"][key] for r in records], "o-", label=name)
+    for axis, key in zip(axes, ("final", "mean")):
+        axis.set_xlabel("training minutes (2-core CPU)")
+        axis.set_ylabel(f"meta-validation: {key} normalised loss")
+        axis.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    figure.suptitle("meta-training estimators at equal CPU time (lower is better)")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out", default="benchmarks/results/meta_estimators")
+    parser.add_argument("--init", default="bundled", help="the common starting theta")
+    parser.add_argument("--minutes", type=float, default=20.0, help="training minutes per variant")
+    parser.add_argument("--validate-every", type=float, default=5.0, help="training minutes")
+    parser.add_argument("--variants", default=",".join(VARIANTS))
+    args = parser.parse_args(argv)
+    names = args.variants.split(",")
+    unknown = [n for n in names if n not in VARIANTS]
+    if unknown:
+        parser.error(f"unknown variants {unknown}; known: {sorted(VARIANTS)}")
+    for name in names:
+        print(f"== {name}: {args.minutes:g} training minutes from {args.init}", flush=True)
+        run_variant(name, args.out, args.init, args.minutes, args.validate_every)
+    table, curves = summarise(args.out, names)
+    out = pathlib.Path(args.out)
+    (out / "table.md").write_text(table)
+    plot(curves, out / "meta_estimators.png")
+    print(table)
+    print(f"wrote {out / 'table.md'} and {out / 'meta_estimators.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

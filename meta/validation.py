@@ -1,0 +1,141 @@
+"""Meta-validation: a fixed held-out set of tasks on which any theta is scored.
+
+A meta-training run is judged here, not by its training meta-loss (a PES
+meta-loss depends on where each member is in its episode, and is noise at
+the scale that matters). `validation_tasks(families)` draws a fixed set of
+tasks from the meta-training distribution, the way `meta.task_distribution`
+draws a member's task, but from seeds the training never uses: new
+architectures, initialisations and batch orders, never a canonical
+evaluation task, with horizons of 100-500 steps. `score(records)` turns
+the normalised losses of a theta's runs into its meta-validation score:
+
+* `final`: the mean over tasks of the normalised final training loss
+  (`loss / initial loss`, clipped to [0, 1.5], averaged over the last 10%
+  of the steps, so that one batch does not decide it), with its standard
+  error across tasks;
+* `mean`: the mean over tasks of the normalised training loss over the
+  whole run (the area under the curve, which also rewards speed), with its
+  standard error.
+
+Lower is better; 1 is "no progress", 1.5 "diverged". The set is fixed (its
+name carries a version): scores of different runs and checkpoints are
+comparable. `python -m meta.evaluate --theta PATH` scores any checkpoint.
+
+>>> tasks = validation_tasks()          # "cpu-valid-v1": 21 tasks, 3 per family
+>>> records = LocalScorer(theta).score(tasks)
+>>> score(records)["final"]
+"""
+
+import dataclasses
+import math
+
+import numpy as np
+
+from meta.task_distribution import ALL_FAMILIES
+
+VALIDATION_SEED = 0xA11D  # never a member's seed: members draw from (run seed, member, iteration)
+FINAL_FRACTION = 0.1
+
+
+@dataclasses.dataclass(frozen=True)
+class ValidationTask:
+    """One meta-validation task: a config trained for `horizon` steps on fixed batches."""
+
+    name: str
+    config: dict
+    horizon: int
+    data_seed: int
+    param_scale: float = 1.0
+
+    def to_dict(self):
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass(frozen=True)
+class ValidationSet:
+    """A named, versioned set of validation tasks drawn from a task distribution.
+
+    Attributes:
+        name: e.g. "cpu-valid-v1".
+        families: the families drawn from (registry names, or user families).
+        tasks_per_family: tasks drawn from each.
+        max_flops_per_step: the distribution's budget.
+        min_horizon, max_horizon: horizons are log-uniform in this range.
+        seed: the draw's seed.
+    """
+
+    name: str
+    families: tuple
+    tasks_per_family: int = 3
+    max_flops_per_step: float = 3e8
+    min_horizon: int = 100
+    max_horizon: int = 500
+    seed: int = VALIDATION_SEED
+
+    def tasks(self):
+        return validation_tasks(self)
+
+
+CPU_VALIDATION = ValidationSet("cpu-valid-v1", ALL_FAMILIES)
+
+
+def validation_tasks(validation_set=CPU_VALIDATION):
+    """The tasks of `validation_set`, in a fixed order (family by family)."""
+    from meta.task_distribution import family_name, sample_family_config
+
+    tasks = []
+    for f, family in enumerate(validation_set.families):
+        for k in range(validation_set.tasks_per_family):
+            rng = np.random.default_rng([validation_set.seed, f, k])
+            config = sample_family_config(family, 1_000_003 + validation_set.seed + 97 * f + k,
+                                          validation_set.max_flops_per_step)
+            low, high = validation_set.min_horizon, validation_set.max_horizon
+            horizon = int(round(math.exp(rng.uniform(math.log(low), math.log(high)))))
+            tasks.append(ValidationTask(
+                name=f"{family_name(family)}-{k}",
+                config=config,
+                horizon=horizon,
+                data_seed=int(rng.integers(2**31)),
+            ))
+    return tuple(tasks)
+
+
+def task_summary(record):
+    """`(final, mean)` normalised losses of one task's record (`ParticleRunner.score_task`)."""
+    values = np.asarray(record["normalised"], np.float64)
+    last = max(1, int(round(FINAL_FRACTION * values.size)))
+    return float(values[-last:].mean()), float(values.mean())
+
+
+def score(records):
+    """The meta-validation score of a theta from its per-task records.
+
+    Returns `{"final", "final_se", "mean", "mean_se", "tasks": {name: [final, mean]}}`.
+    """
+    summaries = {r["name"]: task_summary(r) for r in records}
+    finals = np.asarray([s[0] for s in summaries.values()])
+    means = np.asarray([s[1] for s in summaries.values()])
+    n = max(1, finals.size)
+    return {
+        "final": float(finals.mean()),
+        "final_se": float(finals.std(ddof=1) / math.sqrt(n)) if n > 1 else 0.0,
+        "mean": float(means.mean()),
+        "mean_se": float(means.std(ddof=1) / math.sqrt(n)) if n > 1 else 0.0,
+        "tasks": {name: [round(f, 6), round(m, 6)] for name, (f, m) in summaries.items()},
+    }
+
+
+def paired_difference(candidate, reference, key="final"):
+    """`(mean difference, its standard error)` of per-task values, candidate - reference.
+
+    The tasks are the same for both, so the paired standard error is what
+    says whether a difference is beyond noise.
+    """
+    names = sorted(set(candidate["tasks"]) & set(reference["tasks"]))
+    column = 0 if key == "final" else 1
+    differences = np.asarray(
+        [candidate["tasks"][n][column] - reference["tasks"][n][column] for n in names]
+    )
+    if differences.size < 2:
+        return float(differences.mean()) if differences.size else 0.0, 0.0
+    return float(differences.mean()), float(differences.std(ddof=1) / math.sqrt(differences.size))
