@@ -49,7 +49,9 @@ import numpy as np
 from meta.estimators import normalised_loss, perturbation
 from meta.task_distribution import sample_member_task
 
-ARCHITECTURE_CACHE_SIZE = 64
+# Each architecture's compiled programs hold ~0.3 GB on a worker; evicted ones
+# come back from JAX's persistent cache in ~5 s (`meta.compile_cache`).
+ARCHITECTURE_CACHE_SIZE = 16
 # Compiled steps, shared by every runner of this process:
 # (architecture, variable leaves, number of arms) -> functions.
 _COMPILED = collections.OrderedDict()
@@ -334,6 +336,43 @@ class ParticleRunner:
     def run(self, z, iteration, members):
         """`run_member` for each of `members`, in order."""
         return [self.run_member(z, iteration, m) for m in members]
+
+    def compile_tasks(self, configs):
+        """Compiles (and runs once) every program this runner uses on each config.
+
+        With JAX's persistent cache on, later processes load them instead
+        of compiling (`benchmarks/meta_estimators.py --warm`).
+        """
+        import jax
+        import jax.numpy as jnp
+
+        from meta.task_distribution import MemberTask
+
+        z = jnp.asarray(self.subspace.zeros())
+        for config in configs:
+            task = MemberTask(config, 2, 1.0, 0)
+            for num_arms in sorted({ARMS[self.arms], 1}):
+                variable_arms = jax.vmap(self.subspace.variable_leaves)(jnp.stack([z] * num_arms))
+                particle = self._task_and_arms(task, 0, variable_arms, num_arms)
+                _, arms_step, arm_step, arm_step_vjp, built = self._functions(config, num_arms)
+                x, y = next(built.train_batches(0))
+                scale = jnp.float32(1.0)
+                constant = self._constant_leaves()
+                variable = {p: v[0] for p, v in variable_arms.items()}
+                arm = jax.tree_util.tree_map(lambda leaf: leaf[0], particle.arms)
+                if num_arms == 2 and not self.gradients:
+                    jax.block_until_ready(arms_step(variable_arms, constant, particle.arms, x, y,
+                                                    scale))
+                    continue
+                loss, new_arm = arm_step(variable, constant, arm, x, y, scale)
+                if self.gradients and num_arms == ARMS[self.arms]:
+                    floats = [jnp.zeros_like(leaf) for leaf in jax.tree_util.tree_leaves(new_arm)
+                              if _is_float(leaf)]
+                    jax.block_until_ready(arm_step_vjp(variable, constant, arm, x, y, scale,
+                                                       jnp.float32(1.0), floats))
+            for key in [k for k in _COMPILED if k[0] == _architecture_key(config)]:
+                del _COMPILED[key]  # in the persistent cache now; memory is what is short
+        return len(configs)
 
     # ---------------------------------------------------------------- scoring
 

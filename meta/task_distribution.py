@@ -76,6 +76,13 @@ class TaskDistribution:
         data["families"] = [family_name(f) for f in self.families]
         return data
 
+    def pool_configs(self):
+        """Every config members can draw (one per family and pool seed); needs `config_pool`."""
+        if self.config_pool is None:
+            raise ValueError("a distribution without config_pool has no finite set of configs.")
+        return [sample_family_config(f, seed, self.max_flops_per_step)
+                for f in self.families for seed in range(self.config_pool)]
+
     def register_user_families(self):
         """Makes this distribution's user families buildable in this process."""
         from meta.user_family import register

@@ -38,6 +38,9 @@ class LocalPool:
     def score(self, z, tasks):
         return self.runner.score(z, tasks)
 
+    def compile_tasks(self, configs):
+        return self.runner.compile_tasks(configs)
+
     def get_particles(self):
         return self.runner.get_particles()
 
@@ -63,6 +66,9 @@ class _ParticleActor:
 
     def score(self, z, tasks):
         return self.runner.score(z, tasks)
+
+    def compile_tasks(self, configs):
+        return self.runner.compile_tasks(configs)
 
     def get_particles(self):
         return self.runner.get_particles()
@@ -137,6 +143,12 @@ class RayPool:
         if any(r is None for r in records):
             raise RuntimeError("meta-validation failed three times on the Ray workers.")
         return records
+
+    def compile_tasks(self, configs):
+        """Config i compiled on actor i % workers (they share JAX's persistent cache)."""
+        calls = [actor.compile_tasks.remote(configs[index::len(self.actors)])
+                 for index, actor in enumerate(self.actors)]
+        return sum(self._ray.get(calls))
 
     def get_particles(self):
         particles = {}
