@@ -14,7 +14,8 @@ members' tasks, scored on the `cpu` meta-validation set every
 comparison continues where it stopped; a finished variant is not rerun).
 Writes `OUT/table.md` (the score at the end against the start, with the
 paired standard error across tasks) and `OUT/meta_estimators.png` (the
-meta-validation curves against training minutes).
+meta-validation curves against training minutes, as the change from the
+start in percent).
 """
 
 import argparse
@@ -98,8 +99,13 @@ def run_variant(name, out, init, minutes, validate_every):
     train(config, directory, init=init, resume=(directory / RUN_STATE).exists(), progress=False)
 
 
-def summarise(out, names):
-    """`(markdown table, {name: validation records})`."""
+def summarise(out, names, minutes=None):
+    """`(markdown table, {name: validation records})`, each variant scored at `minutes`.
+
+    A variant trained for longer than `minutes` (an earlier, longer
+    comparison) is scored on its last validation within them (5% slack for
+    the iteration that crosses the budget), so that rows compare equal time.
+    """
     from meta.plots import validation_records
     from meta.train import read_metrics
     from meta.validation import paired_difference
@@ -110,11 +116,13 @@ def summarise(out, names):
     for name in names:
         records = read_metrics(pathlib.Path(out) / name)
         valid = validation_records(records)
+        if minutes is not None:
+            valid = [r for r in valid if r["training_minutes"] <= minutes * 1.05]
         if len(valid) < 2:
             continue
         curves[name] = valid
         start, end = valid[0]["meta_valid"], valid[-1]["meta_valid"]
-        iterations = sum(1 for r in records if r.get("kind") != "validation")
+        iterations = valid[-1]["after_iteration"]
         estimator, blocks, dimension, learning_rate = VARIANTS[name]
         config = json.loads((pathlib.Path(out) / name / "run_config.json").read_text())
         cells = []
@@ -129,23 +137,37 @@ def summarise(out, names):
     return "\n".join(rows) + "\n", curves
 
 
-def plot(curves, path):
+def plot(curves, path, top=30.0):
+    """Change of each meta-validation score against the start, in percent.
+
+    A variant that leaves the axis (above `top` percent) is drawn to the
+    edge with its value written beside it, so that it does not flatten the
+    others.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     figure, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for name, records in curves.items():
+    for index, (name, records) in enumerate(curves.items()):
         minutes = [r["training_minutes"] for r in records]
         for axis, key in zip(axes, ("final", "mean")):
-            axis.plot(minutes, [r["meta_valid"][key] for r in records], "o-", label=name)
+            start = records[0]["meta_valid"][key]
+            change = [100 * (r["meta_valid"][key] / start - 1) for r in records]
+            axis.plot(minutes, [min(c, top) for c in change], "o-", color=f"C{index}", label=name)
+            for x, c in zip(minutes, change):
+                if c > top:
+                    axis.annotate(f"{c:+.0f}%", (x, top), textcoords="offset points",
+                                  xytext=(4, -12), fontsize=7, color=f"C{index}")
     for axis, key in zip(axes, ("final", "mean")):
+        axis.axhline(0, color="black", linewidth=0.8)
+        axis.set_ylim(top=top + 2)
         axis.set_xlabel("training minutes (2-core CPU)")
-        axis.set_ylabel(f"meta-validation: {key} normalised loss")
+        axis.set_ylabel(f"meta-validation {key}: change from the start (%)")
         axis.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
-    figure.suptitle("meta-training estimators at equal CPU time (lower is better)")
+    figure.suptitle("meta-training estimators at equal CPU time, from the bootstrap (lower is better)")
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)
@@ -173,7 +195,7 @@ def main(argv=None):
     for name in names:
         print(f"== {name}: {args.minutes:g} training minutes from {args.init}", flush=True)
         run_variant(name, args.out, args.init, args.minutes, args.validate_every)
-    table, curves = summarise(args.out, names)
+    table, curves = summarise(args.out, names, args.minutes)
     out = pathlib.Path(args.out)
     (out / "table.md").write_text(table)
     plot(curves, out / "meta_estimators.png")

@@ -66,6 +66,10 @@ def main(argv=None):
     parser.add_argument("--minutes", type=float, default=4.0, help="training minutes")
     parser.add_argument("--init", default="bundled", help="the theta to start from")
     parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--validation-tasks", type=int, default=8,
+                        help="held-out seeds of the family to score on")
+    parser.add_argument("--validations", type=int, default=4,
+                        help="meta-validation scores after the start's")
     args = parser.parse_args(argv)
 
     from meta.plots import validation_records
@@ -76,11 +80,12 @@ def main(argv=None):
         args.out, family=regression_family, config="cpu", init=args.init, resume=args.resume,
         estimator="tbptt", subspace=SubspaceSpec(("step_size_head",)), learning_rate=0.02,
         members=4, truncation=20, workers=0, minutes=args.minutes, iterations=10_000,
-        validate_every_minutes=args.minutes / 4, validation_tasks=8,
+        validate_every_minutes=args.minutes / args.validations,
+        validation_tasks=args.validation_tasks,
     )
     valid = validation_records(read_metrics(args.out))
     start, end = valid[0]["meta_valid"], valid[-1]["meta_valid"]
-    print("\nmeta-validation on 8 held-out seeds of the family (final training loss / initial):")
+    print(f"\nmeta-validation on {args.validation_tasks} held-out seeds of the family (final training loss / initial):")
     for name, (final, _) in end["tasks"].items():
         print(f"  {name:40s} {start['tasks'][name][0]:.4f} -> {final:.4f}")
     print(f"  {'mean':40s} {start['final']:.4f} -> {end['final']:.4f} "

@@ -3,10 +3,15 @@
 * `smoke`: a minutes-long end-to-end check on 2 CPU cores (tiny image MLPs,
   2 members, 3 iterations). For CI; its theta is not meant to be used.
 * `cpu`: this project's machine (2 cores, no GPU): all seven families within
-  a small FLOP budget, BatchNorm ResNets included, Persistent ES with
-  truncations of 50 steps over horizons of 100-1,000 steps, 8 members.
-  Tasks come from a pool of 4 configs per family (28 architectures, each
-  compiled once per worker in ~30-60 s) so that compiled steps are reused. Resumable; run it for as long as you can.
+  a small FLOP budget, BatchNorm ResNets included, 8 members, truncations
+  of 50 steps over horizons of 100-1,000 steps; Persistent ES and truncated
+  backprop combined by inverse variance on three blocks of theta (the
+  step-size head, the MLP bank, the mix layers: 72,961 weights), Adam 3e-3,
+  meta-validation on `cpu-valid-v1` every 5 training minutes (the estimator
+  and blocks are the best of `benchmarks/meta_estimators.py`). Tasks come
+  from a pool of 4 configs per family (28 architectures, each compiled once
+  per worker in ~30-60 s, then kept in JAX's persistent cache) so that
+  compiled steps are reused. Resumable; run it for as long as it improves.
 * `gpu`: a GPU machine or a Ray cluster: Celo's settings (PES, truncation
   50, perturbation 0.01, horizons 100-2,000, Adam 3e-4), 64 members,
   larger tasks, and the reference's parameter-scale augmentation.
@@ -116,11 +121,18 @@ PRESETS = {
     "cpu": MetaTrainingConfig(
         name="cpu",
         distribution=TaskDistribution(ALL_FAMILIES, 3e8, 100, 1000, (0.1, 10.0), config_pool=4),
+        # The best of benchmarks/meta_estimators.py at 10 CPU-minutes from the
+        # bootstrap (meta/README.md): PES and truncated backprop combined by
+        # inverse variance, on the step-size head, the MLP bank and the mix
+        # layers (72,961 weights).
+        estimator="pes+tbptt",
+        subspace=SubspaceSpec(("step_size_head", "mlp_bank", "mix_layers")),
         members=8,
         truncation=50,
-        learning_rate=3e-4,
+        learning_rate=3e-3,
         iterations=2000,
         workers=2,
+        validate_every_minutes=5.0,
     ),
     "gpu": MetaTrainingConfig(
         name="gpu",

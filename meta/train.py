@@ -48,9 +48,12 @@ RUN_CONFIG = "run_config.json"
 METRICS = "metrics.jsonl"
 LOSS_PLOT = "meta_loss.png"
 VALID_PLOT = "meta_valid.png"
-# Neither changes a run's results: a run may be resumed with more iterations,
-# a longer time budget or on another number of workers.
-RESUMABLE_CHANGES = ("iterations", "minutes", "workers", "validate_every", "validate_every_minutes")
+# None changes a run's results: a run may be resumed with more iterations,
+# a longer time budget, on another number of workers, validated more or less
+# often, or under another name (a comparison's variant continued as the
+# preset it became).
+RESUMABLE_CHANGES = ("name", "iterations", "minutes", "workers", "validate_every",
+                     "validate_every_minutes")
 
 
 def initial_theta(init, seed=0):
@@ -203,10 +206,16 @@ def train(config, out, init="bundled", resume=False, address=None, progress=True
                 f"--resume: no {RUN_STATE} in {out}; start the run without --resume first."
             )
         saved = json.loads(config_path.read_text())
+        saved["config"] = {k: v for k, v in saved["config"].items() if k not in RESUMABLE_CHANGES}
         if saved != record:
+            differing = sorted({*(f"config.{k}" for k in {*saved["config"], *record["config"]}
+                                  if saved["config"].get(k) != record["config"].get(k)),
+                                *(k for k in {*saved, *record}
+                                  if k != "config" and saved.get(k) != record.get(k))})
             raise ValueError(
                 f"--resume: {out} holds a run of another configuration or starting theta "
-                f"({saved}); use the same --config, --init and overrides, or a new --out."
+                f"(differing: {', '.join(differing)}); use the same --config, --init and "
+                "overrides, or a new --out."
             )
     elif (out / RUN_STATE).exists():
         raise FileExistsError(

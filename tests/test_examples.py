@@ -151,3 +151,17 @@ def test_compare_reruns_a_run_whose_code_or_command_changed(tmp_path):
     del record["source_sha256"]  # recorded before runs carried their code's digest
     path.write_text(json.dumps(record))
     assert compare.recorded_run(path, "autoencoder.py", arguments, BACKEND, digest) is None
+
+
+@pytest.mark.slow
+@pytest.mark.backends("jax")  # meta-training runs on JAX whatever the backend
+def test_meta_train_your_own_fine_tunes_on_the_users_family(tmp_path):
+    out = tmp_path / "run"
+    output = _run(["examples/meta_train_your_own.py", "--out", str(out), "--minutes", "0.2",
+                   "--validation-tasks", "2", "--validations", "1"])
+    assert "meta-validation on 2 held-out seeds" in output and "mean" in output
+    assert (out / "theta" / "params").exists() and (out / "meta_valid.png").stat().st_size > 0
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert {f for r in records if r.get("kind") != "validation" for f in r["families"]} == \
+        {"__main__:regression_family"}
+    assert sum(r.get("kind") == "validation" for r in records) >= 2
