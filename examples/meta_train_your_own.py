@@ -10,17 +10,23 @@ final training loss over the first); the curve lands in
 `--out/meta_valid.png`, and the tuned weights in `--out/theta`, ready for
 `keras_velo.VeLO(weights=".../theta")` on any backend.
 
-    python examples/meta_train_your_own.py                 # ~5 minutes on a 2-core CPU
+    python examples/meta_train_your_own.py                 # ~6 minutes on a 2-core CPU
     python examples/meta_train_your_own.py --minutes 2 --out /tmp/mine
 
 From the command line, the same run is
 
-    python -m meta.train --config cpu --family my_module:regression_family \\
-        --estimator tbptt --blocks step_size_head --minutes 5 --out runs/mine
+    python -m meta.train --config cpu --family my_module:regression_family \
+        --members 4 --workers 0 --minutes 4 --out runs/mine
 
-What moves: the step-size head of VeLO's LSTM (`--blocks`; 513 weights),
-by backpropagation through truncated inner runs (`--estimator tbptt`);
-`meta/README.md` says how the estimators and parts of theta compare.
+What moves: the `cpu` preset's three blocks of VeLO's network (the
+step-size head, the per-parameter MLP bank and the mix layers; 72,961
+weights), by Persistent ES and truncated backprop combined by inverse
+variance; `meta/README.md` says how the estimators and parts of theta
+compare. Measured (2-core CPU, 4 training minutes): final 0.487 -> 0.481,
+mean 0.581 -> 0.552 on 8 held-out seeds, noisy between checkpoints; run
+it longer for a reliable gain (truncated backprop alone on the step-size
+head made these tasks 6% worse in 4 minutes: 20-step truncations reward
+greedy steps).
 Meta-training runs on JAX; the weights it writes work on every backend.
 """
 
@@ -73,13 +79,11 @@ def main(argv=None):
     args = parser.parse_args(argv)
 
     from meta.plots import validation_records
-    from meta.subspace import SubspaceSpec
     from meta.train import meta_train, read_metrics
 
     meta_train(
         args.out, family=regression_family, config="cpu", init=args.init, resume=args.resume,
-        estimator="tbptt", subspace=SubspaceSpec(("step_size_head",)), learning_rate=0.02,
-        members=4, truncation=20, workers=0, minutes=args.minutes, iterations=10_000,
+        members=4, workers=0, minutes=args.minutes, iterations=100_000,
         validate_every_minutes=args.minutes / args.validations,
         validation_tasks=args.validation_tasks,
     )
