@@ -364,7 +364,7 @@ class ParticleRunner:
                     jax.block_until_ready(arms_step(variable_arms, constant, particle.arms, x, y,
                                                     scale))
                     continue
-                loss, new_arm = arm_step(variable, constant, arm, x, y, scale)
+                _, new_arm = arm_step(variable, constant, arm, x, y, scale)
                 if self.gradients and num_arms == ARMS[self.arms]:
                     floats = [jnp.zeros_like(leaf) for leaf in jax.tree_util.tree_leaves(new_arm)
                               if _is_float(leaf)]
