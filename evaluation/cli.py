@@ -83,6 +83,10 @@ def main(argv=None):
     args = parser.parse_args(argv)
     try:
         if args.command == "run":
+            import keras_velo
+
+            # Repeated trials and shards compile the same programs: reuse them.
+            keras_velo.enable_compilation_cache()
             return _run(args, argv)
         from evaluation.report import build_report
 

@@ -100,6 +100,7 @@ def parse_arguments(description, *, steps, epochs, batch_size, image_data=False,
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
     args.argv = argv
+    keras_velo.enable_compilation_cache()  # a second run skips XLA's compile
     if args.quick:
         args.steps, args.epochs = QUICK_STEPS, 1
     if args.steps < 1 or args.epochs < 1 or args.steps % args.epochs:

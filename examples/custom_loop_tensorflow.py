@@ -16,7 +16,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from sklearn.datasets import load_digits  # noqa: E402
 
-from keras_velo import VeLO  # noqa: E402
+from keras_velo import VeLO, enable_compilation_cache  # noqa: E402
 
 
 def main(steps=300, batch_size=64, weights="bundled"):
@@ -52,4 +52,5 @@ if __name__ == "__main__":
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--weights", default="bundled")
     args = parser.parse_args()
+    enable_compilation_cache()
     main(args.steps, weights=args.weights)

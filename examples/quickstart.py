@@ -144,6 +144,7 @@ def main(argv=None):
     if args.steps < STEPS_PER_EPOCH or args.steps % STEPS_PER_EPOCH:
         parser.error(f"--steps must be a positive multiple of {STEPS_PER_EPOCH}")
 
+    keras_velo.enable_compilation_cache()  # a second run skips XLA's compile
     weights, why = choose_weights() if args.weights == "auto" else (args.weights, "as requested")
     data = load_data()
     print(f"backend: {keras.backend.backend()}   data: {data[0]}   train {len(data[1])}, test {len(data[3])}")

@@ -3,6 +3,7 @@
 from keras_velo import callbacks
 from keras_velo.callbacks import VeLOCallback, VeLOMonitor
 from keras_velo.checkpoint import read_checkpoint, write_checkpoint
+from keras_velo.compilation_cache import enable_compilation_cache
 from keras_velo.health import NonFiniteTrainingError
 from keras_velo.integration import attach
 from keras_velo.optimizer import VeLO, find_velo
@@ -21,6 +22,7 @@ __all__ = [
     "VeLOCallback",
     "VeLOMonitor",
     "attach",
+    "enable_compilation_cache",
     "callbacks",
     "find_velo",
     "CheckpointError",

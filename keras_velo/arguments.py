@@ -104,3 +104,14 @@ def integer_seed(name, value):
             f"with weights=None), got {_kind(value)}."
         )
     return int(value)
+
+
+def compile_choice(name, value):
+    """`"auto"`, True or False (whether VeLO's update is compiled on PyTorch)."""
+    if value == "auto" or isinstance(value, bool):
+        return value
+    raise ValueError(
+        f"`{name}` must be \"auto\", True or False (whether VeLO's update runs "
+        f"as one torch.compile program on PyTorch), got {_kind(value)}. Pass "
+        f"{name}=\"auto\" (the default) or {name}=False to run it eagerly."
+    )

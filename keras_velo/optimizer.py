@@ -25,6 +25,8 @@ from keras_velo.state_variables import StateVariables
 from keras_velo.state_view import tensor_states
 from keras_velo.theta import CheckpointError, flatten_theta, unflatten_theta
 from keras_velo.theta_by_name import FINGERPRINT_KEY, bundled_fingerprint, fingerprint
+from keras_velo.torch_compile import compiled_packed_update, resolve_compile_update
+from keras_velo.update import packed_update
 
 DEFAULT_MAX_CONSECUTIVE_SKIPS = 100
 
@@ -123,6 +125,16 @@ class VeLO(keras.optimizers.Optimizer):
             finite is skipped (parameters and VeLO's state unchanged) with
             a warning; after this many in a row training stops with
             `keras_velo.NonFiniteTrainingError`. Default 100.
+        compile_update: PyTorch only (JAX and TensorFlow compile the update
+            with the train step). `True`: the update runs as one
+            `torch.compile` program, built at the first update (about 30 s
+            on 2 CPU cores, once per model and process), several times
+            faster than eager on large models; failing to compile is an
+            error. `False`: eager. `"auto"` (default): compiles when
+            `total_steps` and the parameter count promise to win back
+            twice the compile time (ResNet-50 from 24 steps, a
+            1M-parameter MLP from ~500, a 55k one from ~3,700), and if
+            compiling fails it warns and runs eagerly.
         name: the optimizer's name (Keras variable paths).
         **kwargs: the base optimizer's keyword arguments (`clipnorm`,
             `clipvalue`, `global_clipnorm`, `use_ema`,
@@ -146,6 +158,7 @@ class VeLO(keras.optimizers.Optimizer):
         seed=0,
         time_budget=None,
         max_consecutive_skips=DEFAULT_MAX_CONSECUTIVE_SKIPS,
+        compile_update="auto",
         name="velo",
         **kwargs,
     ):
@@ -162,6 +175,8 @@ class VeLO(keras.optimizers.Optimizer):
         self.weight_decay = arguments.non_negative_float("weight_decay", weight_decay)
         self.time_budget = arguments.optional_positive_seconds("time_budget", time_budget)
         self.seed = seed
+        self.compile_update = arguments.compile_choice("compile_update", compile_update)
+        self._compiled_cores = {}
         self._theta_error = None
         if isinstance(weights, SavedWeights):
             weights = weights.spec
@@ -436,6 +451,7 @@ class VeLO(keras.optimizers.Optimizer):
             step_scale=ops.cast(learning_rate, "float32"),
             fraction_trained=fraction,
             active=active,
+            core=self._update_core(active),
         )
         for i in indices:
             self.assign(self._trainable_variables[i], new_params[i])
@@ -443,6 +459,21 @@ class VeLO(keras.optimizers.Optimizer):
         if velo.accumulation is not None:
             velo.assign(velo.accumulation, new_accumulation)
         self._record(diagnostics, active)
+
+    def _update_core(self, active):
+        """`packed_update`, or on PyTorch its compiled form (`torch_compile`)."""
+        num_parameters = sum(t.size for t in (
+            *self._layout.factored.placements, *self._layout.diagonal.placements))
+        if not resolve_compile_update(
+            self.compile_update, num_parameters, self.horizon.velo_steps
+        ):
+            return packed_update
+        if active not in self._compiled_cores:
+            self._compiled_cores[active] = compiled_packed_update(
+                self._layout, active, skip_non_finite=True,
+                strict=self.compile_update is True,
+            )
+        return self._compiled_cores[active]
 
     def _record(self, diagnostics, active):
         """Keeps the last update's diagnostics and the skip counters in variables."""
@@ -576,6 +607,7 @@ class VeLO(keras.optimizers.Optimizer):
                 "seed": self.seed,
                 "time_budget": self.time_budget,
                 "max_consecutive_skips": self.max_consecutive_skips,
+                "compile_update": self.compile_update,
             }
         )
         return config

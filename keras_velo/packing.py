@@ -481,8 +481,10 @@ def unpack(layout, factored, diagonal, dtypes=None):
         else:
             flat = ops.reshape(buffer, (-1,))
             sizes = [t.num_chunks * region.chunk_rows * LANES for t in region.placements]
-        boundaries = list(np.cumsum(sizes)[:-1])
-        parts = ops.split(flat, boundaries, axis=0) if boundaries else [flat]
+        ends = [int(e) for e in np.cumsum(sizes)]
+        # Static slices (Keras' `split` on PyTorch reads its boundaries back
+        # from a tensor, which a traced graph cannot do).
+        parts = [flat[end - size:end] for size, end in zip(sizes, ends)]
         for t, part in zip(region.placements, parts):
             if region.factored:
                 x = _factored_tensor(part, t)

@@ -112,6 +112,7 @@ def prefab_update(
     fraction_trained=None,
     skip_non_finite=True,
     active=None,
+    core=packed_update,
 ):
     """`velo_update` behind the reference wrapper (weight decay, accumulation).
 
@@ -127,6 +128,9 @@ def prefab_update(
     `active` (one static bool per tensor, or None for all) names the tensors
     taking part; the others' entries in `params` and `grads` may be None,
     come back as None, and keep their state.
+
+    `core` computes the update on the packed buffers: `packed_update`, or
+    the same compiled (`torch_compile.compiled_packed_update`).
     """
     params, grads = list(params), list(grads)
     layout = packed_layout(_all_shapes(params, grads))
@@ -143,7 +147,7 @@ def prefab_update(
             layout, packed_params, packed_grads, loss, weight_decays
         )
     if num_accumulated == 1:
-        new_packed, new_state, diagnostics = packed_update(
+        new_packed, new_state, diagnostics = core(
             theta, state, layout, packed_params, packed_grads, loss, step_scale,
             fraction_trained, active, skip_non_finite,
         )
@@ -151,7 +155,7 @@ def prefab_update(
     else:
         new_packed, new_state, new_accumulation, diagnostics = _accumulate(
             theta, state, layout, packed_params, packed_grads, loss, num_accumulated,
-            accumulation, step_scale, fraction_trained, active, skip_non_finite,
+            accumulation, step_scale, fraction_trained, active, skip_non_finite, core,
         )
     new_params = unpack(layout, *new_packed, dtypes=[d or "float32" for d in dtypes])
     if active is not None:
@@ -177,7 +181,7 @@ def _all_finite(tensors):
 
 def _accumulate(
     theta, state, layout, params, grads, loss, num_accumulated, accumulation, step_scale,
-    fraction_trained, active, skip_non_finite,
+    fraction_trained, active, skip_non_finite, core=packed_update,
 ):
     """Adds the call to the running sums; every `num_accumulated`-th call runs VeLO on their means.
 
@@ -193,7 +197,7 @@ def _accumulate(
 
     def run_velo():
         mean_grads = tuple(None if s is None else s / num_accumulated for s in grad_sums)
-        new_params, new_state, diagnostics = packed_update(
+        new_params, new_state, diagnostics = core(
             theta, state, layout, params, mean_grads, loss_sum / num_accumulated, step_scale,
             fraction_trained, active, skip_non_finite,
         )

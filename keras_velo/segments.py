@@ -89,6 +89,24 @@ def _variadic_sums(operands, axes):
     return sums(*operands)
 
 
+def segment_sum(data, segment_ids, num_segments):
+    """`[num_segments, ...]`: rows of `data` added up by `segment_ids` (a static count).
+
+    On PyTorch an `index_add` rather than Keras' `segment_sum`, whose
+    `repeat_interleave` has a data-dependent output shape that
+    `keras_velo.torch_compile` cannot trace into a graph.
+    """
+    if keras.backend.backend() != "torch":
+        return ops.segment_sum(data, segment_ids, num_segments=num_segments)
+    import torch
+
+    data = ops.convert_to_tensor(data)
+    ids = ops.convert_to_tensor(segment_ids).long()
+    out = torch.zeros((num_segments,) + tuple(data.shape[1:]), dtype=data.dtype,
+                      device=data.device)
+    return out.index_add(0, ids, data)
+
+
 def chunk_sums(values, groups=None):
     """`[chunks, len(values)]`: each `[chunks, rows, lanes]` value summed per chunk."""
     return ops.stack(reduce_sums(values, (1, 2), groups), axis=1)
@@ -99,7 +117,7 @@ def tensor_sums(region, sums_per_chunk, num_tensors):
 
     Rows of tensors outside the region are zero.
     """
-    return ops.segment_sum(
+    return segment_sum(
         sums_per_chunk,
         ops.convert_to_tensor(region.chunk_tensor),
         num_segments=num_tensors,
@@ -118,7 +136,7 @@ def per_chunk(region, values):
 
 def rows_to_runs(region, index, row_sums):
     """`[runs + 1]`: per-row sums `[chunks, rows]` added up per run (factored)."""
-    return ops.segment_sum(
+    return segment_sum(
         ops.reshape(row_sums, (-1,)),
         ops.reshape(index.run, (-1,)),
         num_segments=region.num_runs + 1,
@@ -127,13 +145,13 @@ def rows_to_runs(region, index, row_sums):
 
 def chunks_to_lane_groups(region, index, lane_sums):
     """`[lane_groups + 1, lanes]`: per-chunk lane sums `[chunks, lanes]` added up per lane group."""
-    return ops.segment_sum(lane_sums, index.lane_group, num_segments=region.num_lane_groups + 1)
+    return segment_sum(lane_sums, index.lane_group, num_segments=region.num_lane_groups + 1)
 
 
 def run_group_sums(region, values):
     """`[K, run_groups + 1]`: per-run table values `[K, runs + 1]` summed per run group."""
     return ops.transpose(
-        ops.segment_sum(
+        segment_sum(
             ops.transpose(values),
             ops.convert_to_tensor(region.run_group),
             num_segments=region.num_run_groups + 1,
@@ -145,7 +163,7 @@ def table_tensor_sums(tensor_of_entry, values, num_tensors):
     """`[num_tensors, K]`: table values `[K, entries, ...]` summed per tensor."""
     flat = ops.reshape(values, (values.shape[0], values.shape[1], -1))
     per_entry = ops.transpose(ops.sum(flat, axis=2))
-    return ops.segment_sum(
+    return segment_sum(
         per_entry, ops.convert_to_tensor(tensor_of_entry), num_segments=num_tensors
     )
 

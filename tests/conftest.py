@@ -11,6 +11,9 @@ import pathlib
 os.environ.setdefault("KERAS_BACKEND", "jax")
 # Tests never download: a tfds download attempt here hangs for minutes.
 os.environ["KERAS_VELO_TFDS_DOWNLOAD"] = "0"
+# VeLO on PyTorch compiles its update (~25 s per model): the suite runs it
+# eagerly, except tests/test_torch_compile.py, which compares the two.
+os.environ.setdefault("KERAS_VELO_TORCH_COMPILE", "0")
 
 import pytest  # noqa: E402
 

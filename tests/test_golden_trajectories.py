@@ -21,7 +21,8 @@ STATE_RTOL = 2e-5
 LSTM_ATOL = {"accum": 5e-4, "default": 1e-4}
 
 
-def _run(name):
+def _run(name, **velo_kwargs):
+    """`(data, keys, params per update, state per update)` of VeLO on one file."""
     data = golden_data.load(name)
     info = golden_data.trajectory_info(name)
     keys = golden_data.leaf_order()
@@ -30,6 +31,7 @@ def _run(name):
         total_steps=info["num_steps"],
         weights=str(GOLDEN_DIR / info["theta"]),
         weight_decay=info["weight_decay"],
+        **velo_kwargs,
     )
     params, states = [], []
 

@@ -123,16 +123,18 @@ def issue_17_inputs():
     return shapes, params, grads, losses
 
 
-def compare(shapes, params, grads, losses, theta, total_steps, weight_decay=0.0):
+def compare(shapes, params, grads, losses, theta, total_steps, weight_decay=0.0,
+            **velo_kwargs):
     """`(shapes, per-update oracle (params, state), per-update VeLO (params, state,
-    diagnostics), init)`."""
+    diagnostics), init)`; `velo_kwargs` go to `VeLO` (e.g. `compile_update`)."""
     oracle, state, current = [], velo_oracle.init_state(theta, shapes, total_steps), params
     for g, loss in zip(grads, losses):
         current, state = velo_oracle.update(theta, state, current, g, loss, weight_decay)
         oracle.append((current, state))
 
     variables = [keras.Variable(p, name=f"t{i}") for i, p in enumerate(params)]
-    optimizer = VeLO(total_steps=total_steps, weights=theta, weight_decay=weight_decay)
+    optimizer = VeLO(total_steps=total_steps, weights=theta, weight_decay=weight_decay,
+                     **velo_kwargs)
     velo = []
 
     def record(t):
@@ -146,18 +148,24 @@ def compare(shapes, params, grads, losses, theta, total_steps, weight_decay=0.0)
 CASES = ["issue17"] + [f"tree{seed}" for seed in range(NUM_CASES)]
 
 
-@pytest.fixture(scope="module", params=CASES)
-def case(request):
-    if request.param == "issue17":
-        return compare(*issue_17_inputs(), _theta("velo_perturbed_theta"), total_steps=250)
-    seed = int(request.param[len("tree"):])
+def run_case(name, **velo_kwargs):
+    """`compare` on one of `CASES`."""
+    if name == "issue17":
+        return compare(*issue_17_inputs(), _theta("velo_perturbed_theta"), total_steps=250,
+                       **velo_kwargs)
+    seed = int(name[len("tree"):])
     shapes, outlier_tensor = random_tree(seed)
     params, grads, losses = random_inputs(seed, shapes, outlier_tensor)
     return compare(
         shapes, params, grads, losses, _theta(THETAS[seed % 2]),
         total_steps=(20, 100, 1000)[seed % 3],
-        weight_decay=1e-2 if seed % 4 == 3 else 0.0,
+        weight_decay=1e-2 if seed % 4 == 3 else 0.0, **velo_kwargs,
     )
+
+
+@pytest.fixture(scope="module", params=CASES)
+def case(request):
+    return run_case(request.param)
 
 
 def _close(actual, expected, what, rtol=STATE_RTOL):

@@ -1,0 +1,222 @@
+"""VeLO's packed update as one compiled program on PyTorch.
+
+Keras runs PyTorch eagerly, so `update.packed_update` there is ~3,000
+separate kernels, most of them full-size element-wise ones (the MLP's ~150
+multiply-adds per parameter each read and write every parameter): 16x
+Adam's step on ResNet-50. This module turns it into fused loops:
+
+1. `make_fx` records the aten operations one eager call runs (the update
+   has no data-dependent Python branch: it also traces under `jax.jit`),
+   so Keras' Python, numpy constants and the packed layout's bookkeeping
+   are resolved once, into a graph of ~2,900 nodes;
+2. `torch.compile(graph, fullgraph=True)` hands it to inductor, which
+   fuses the element-wise passes into a few C++/OpenMP loops on CPU
+   (Triton kernels on GPU).
+
+Done once per layout, set of active tensors and input structure (about
+25 s on 2 CPU cores, whatever the model's size), and shared by every
+`VeLO` of the process. `compiled_packed_update` returns a function with
+`packed_update`'s signature.
+
+When compilation is not possible (no C++ compiler, an inductor error),
+`VeLO(compile_update="auto")` warns once, saying why, and runs eagerly;
+`compile_update=True` raises instead. The test suite runs eagerly
+(`KERAS_VELO_TORCH_COMPILE=0`, see `tests/conftest.py`) except in
+`tests/test_torch_compile.py`, which checks the compiled update against the
+eager one and the golden trajectories.
+"""
+
+import collections
+import os
+import sys
+import threading
+import warnings
+
+from keras_velo.update import packed_update
+
+ENVIRONMENT_SWITCH = "KERAS_VELO_TORCH_COMPILE"
+_CACHE_SIZE = 16
+_cache = collections.OrderedDict()
+_lock = threading.Lock()
+_announced = set()
+
+
+class CompilationUnavailable(RuntimeError):
+    """torch.compile could not compile VeLO's update here."""
+
+
+# What the eager update costs beyond the compiled one, per update, on a
+# 2-core CPU (benchmarks/velo_update.py): a fixed part and a part per
+# parameter; and about what compiling costs. "auto" compiles when the run
+# is expected to win back twice the compile time.
+EAGER_OVERHEAD_SECONDS = 0.010
+EAGER_OVERHEAD_SECONDS_PER_PARAMETER = 1.1e-7
+COMPILE_SECONDS = 30.0
+
+
+def expected_saving_seconds(num_parameters, num_updates):
+    """Seconds a compiled update is expected to save over `num_updates` eager ones."""
+    per_update = EAGER_OVERHEAD_SECONDS + EAGER_OVERHEAD_SECONDS_PER_PARAMETER * num_parameters
+    return num_updates * per_update
+
+
+def resolve_compile_update(value, num_parameters, num_updates):
+    """Whether to compile VeLO's update in this process (PyTorch only: False elsewhere).
+
+    `True` / `False` are the user's choice. `"auto"` compiles when the run
+    (`num_updates` VeLO updates of `num_parameters` parameters) is expected
+    to save at least twice `COMPILE_SECONDS`: e.g. ResNet-50 (23.5M
+    parameters) from 24 updates, a 1M-parameter MLP from ~500, a 55k one
+    from ~3,700; never when the environment sets `KERAS_VELO_TORCH_COMPILE=0`.
+    """
+    import keras
+
+    if keras.backend.backend() != "torch":
+        return False
+    if value != "auto":
+        return bool(value)
+    if os.environ.get(ENVIRONMENT_SWITCH, "1") in ("0", "false", "False"):
+        return False
+    return expected_saving_seconds(num_parameters, num_updates) >= 2 * COMPILE_SECONDS
+
+
+def _is_compiling():
+    import torch
+
+    return bool(torch.compiler.is_compiling())
+
+
+def compiled_packed_update(layout, active, skip_non_finite, strict=False):
+    """A function with `packed_update`'s signature that runs a compiled program.
+
+    The program is built at the first call for each input structure, shape
+    and dtype (`make_fx` on those inputs, then inductor), and cached. If
+    that fails, the returned function runs `packed_update` eagerly from
+    then on, after one warning (or raises `CompilationUnavailable` with
+    `strict`). Inside a `torch.compile`d caller (Keras' `jit_compile=True`
+    on PyTorch) it runs eagerly, for that caller to trace.
+    """
+    failure = []
+
+    def run(theta, state, layout_, params, grads, loss, step_scale=1.0,
+            fraction_trained=None, active_=None, skip_non_finite_=False):
+        if layout_.shapes != layout.shapes or active_ != active or skip_non_finite_ != skip_non_finite:
+            raise ValueError(
+                "This compiled VeLO update was built for another layout, set of "
+                "active tensors or skip setting; get one with compiled_packed_update("
+                "layout, active, skip_non_finite) for these."
+            )
+        args = (theta, state, params, grads, loss, step_scale, fraction_trained)
+        if failure or _is_compiling():
+            return packed_update(
+                theta, state, layout, params, grads, loss, step_scale,
+                fraction_trained, active, skip_non_finite,
+            )
+        try:
+            program, out_spec = _program(layout, active, skip_non_finite, args)
+        except Exception as error:  # inductor reports many kinds of failure
+            if strict:
+                raise CompilationUnavailable(_reason(error)) from error
+            failure.append(error)
+            warnings.warn(
+                "keras-velo could not compile VeLO's update with torch.compile "
+                f"({_reason(error)}); it runs eagerly, several times slower on "
+                "large models. Pass `VeLO(compile_update=False)` to skip the "
+                "attempt.",
+                stacklevel=2,
+            )
+            return run(theta, state, layout_, params, grads, loss, step_scale,
+                       fraction_trained, active_, skip_non_finite_)
+        from torch.utils import _pytree as pytree
+
+        leaves = _flat_inputs(args)[0]
+        spec, nones = out_spec
+        return pytree.tree_unflatten(_fill(program(*leaves), nones), spec)
+
+    return run
+
+
+def _reason(error):
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0] if text else ''}"[:300]
+
+
+def _flat_inputs(args):
+    """`(tensor leaves, spec, None positions)` of the update's inputs.
+
+    Numbers become tensors; None leaves (an empty region, no time
+    fraction) are left out of the program's inputs and put back by position.
+    """
+    import torch
+    from torch.utils import _pytree as pytree
+
+    leaves, spec = pytree.tree_flatten(args)
+    tensors, nones = [], []
+    for position, leaf in enumerate(leaves):
+        if leaf is None:
+            nones.append(position)
+            continue
+        if not isinstance(leaf, torch.Tensor):
+            leaf = torch.as_tensor(leaf, dtype=torch.float32 if isinstance(leaf, float) else None)
+        tensors.append(leaf)
+    return tensors, (spec, tuple(nones))
+
+
+def _program(layout, active, skip_non_finite, args):
+    """The cached compiled program for these inputs: `(callable, output spec)`."""
+    leaves, spec = _flat_inputs(args)
+    key = (
+        layout.shapes, active, skip_non_finite, spec,
+        tuple((tuple(x.shape), x.dtype, x.device) for x in leaves),
+    )
+    with _lock:
+        if key in _cache:
+            _cache.move_to_end(key)
+            return _cache[key]
+        entry = _build(layout, active, skip_non_finite, spec, leaves)
+        _cache[key] = entry
+        if len(_cache) > _CACHE_SIZE:
+            _cache.popitem(last=False)
+        return entry
+
+
+def _build(layout, active, skip_non_finite, spec, leaves):
+    import torch
+    from torch.fx.experimental.proxy_tensor import make_fx
+    from torch.utils import _pytree as pytree
+
+    in_spec, in_nones = spec
+    out = {}
+
+    def flat_update(*flat):
+        theta, state, params, grads, loss, step_scale, fraction = pytree.tree_unflatten(
+            _fill(flat, in_nones), in_spec
+        )
+        outputs = packed_update(
+            theta, state, layout, params, grads, loss, step_scale, fraction, active,
+            skip_non_finite,
+        )
+        flat_out, out["spec"] = pytree.tree_flatten(outputs)
+        out["nones"] = tuple(i for i, x in enumerate(flat_out) if x is None)
+        return [x for x in flat_out if x is not None]
+
+    if layout.shapes not in _announced:
+        _announced.add(layout.shapes)
+        print(
+            f"keras-velo: compiling VeLO's update for {layout.num_tensors} tensors with "
+            "torch.compile (once per model; VeLO(compile_update=False) skips it)",
+            file=sys.stderr,
+        )
+    with torch.no_grad():
+        graph = make_fx(flat_update, tracing_mode="fake")(*leaves)
+        program = torch.compile(graph, fullgraph=True, dynamic=False)
+        program(*leaves)  # compiles now, so that failures surface here
+    return program, (out["spec"], out["nones"])
+
+
+def _fill(tensors, nones):
+    """The full leaf list: `tensors` in order, None at the positions `nones`."""
+    tensors = list(tensors)
+    total = len(tensors) + len(nones)
+    source = iter(tensors)
+    return [None if i in nones else next(source) for i in range(total)]
