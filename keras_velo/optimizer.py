@@ -9,6 +9,7 @@ variables (`state_variables.py`), takes the training loss, calls
 """
 
 import contextlib
+import functools
 
 import keras
 import numpy as np
@@ -25,8 +26,11 @@ from keras_velo.state_variables import StateVariables
 from keras_velo.state_view import tensor_states
 from keras_velo.theta import CheckpointError, flatten_theta, unflatten_theta
 from keras_velo.theta_by_name import FINGERPRINT_KEY, bundled_fingerprint, fingerprint
-from keras_velo.torch_compile import compiled_packed_update, resolve_compile_update
-from keras_velo.update import packed_update
+from keras_velo.torch_compile import (
+    compiled_packed_update,
+    compiled_prefab_update,
+    resolve_compile_update,
+)
 
 DEFAULT_MAX_CONSECUTIVE_SKIPS = 100
 
@@ -176,7 +180,7 @@ class VeLO(keras.optimizers.Optimizer):
         self.time_budget = arguments.optional_positive_seconds("time_budget", time_budget)
         self.seed = seed
         self.compile_update = arguments.compile_choice("compile_update", compile_update)
-        self._compiled_cores = {}
+        self._update_functions = {}
         self._theta_error = None
         if isinstance(weights, SavedWeights):
             weights = weights.spec
@@ -439,19 +443,15 @@ class VeLO(keras.optimizers.Optimizer):
             g is not None for g in all_grads
         )
         fraction = self.fraction_variable.value if self.time_budget is not None else None
-        new_params, new_state, new_accumulation, diagnostics = prefab_update(
+        new_params, new_state, new_accumulation, diagnostics = self._update_function(active)(
             velo.theta_values(),
             velo.read(velo.state),
             [v.value for v in self._trainable_variables],
             all_grads,
             self.loss_variable.value,
-            weight_decays=self._weight_decays,
-            num_accumulated=self.horizon.num_accumulated,
             accumulation=velo.read(velo.accumulation),
             step_scale=ops.cast(learning_rate, "float32"),
             fraction_trained=fraction,
-            active=active,
-            core=self._update_core(active),
         )
         for i in indices:
             self.assign(self._trainable_variables[i], new_params[i])
@@ -460,20 +460,39 @@ class VeLO(keras.optimizers.Optimizer):
             velo.assign(velo.accumulation, new_accumulation)
         self._record(diagnostics, active)
 
-    def _update_core(self, active):
-        """`packed_update`, or on PyTorch its compiled form (`torch_compile`)."""
+    def _update_function(self, active):
+        """`prefab_update` with this optimizer's settings; compiled on PyTorch (`torch_compile`).
+
+        Called as `f(theta, state, params, grads, loss, accumulation=...,
+        step_scale=..., fraction_trained=...)`.
+        """
+        key = (active, self.horizon)
+        if key in self._update_functions:
+            return self._update_functions[key]
+        num_accumulated = self.horizon.num_accumulated
+        settings = dict(weight_decays=self._weight_decays, num_accumulated=num_accumulated,
+                        active=active)
+        eager = functools.partial(prefab_update, **settings)
         num_parameters = sum(t.size for t in (
             *self._layout.factored.placements, *self._layout.diagonal.placements))
         if not resolve_compile_update(
             self.compile_update, num_parameters, self.horizon.velo_steps
         ):
-            return packed_update
-        if active not in self._compiled_cores:
-            self._compiled_cores[active] = compiled_packed_update(
-                self._layout, active, skip_non_finite=True,
-                strict=self.compile_update is True,
+            self._update_functions[key] = eager
+            return eager
+        strict = self.compile_update is True
+        if num_accumulated == 1:
+            compiled = compiled_prefab_update(self._layout, self._weight_decays, active, strict)
+
+            def function(theta, state, params, grads, loss, accumulation, step_scale,
+                         fraction_trained):
+                return compiled(theta, state, params, grads, loss, step_scale, fraction_trained)
+        else:  # the accumulation's conditional stays eager, the update inside is compiled
+            function = functools.partial(
+                eager, core=compiled_packed_update(self._layout, active, True, strict)
             )
-        return self._compiled_cores[active]
+        self._update_functions[key] = function
+        return function
 
     def _record(self, diagnostics, active):
         """Keeps the last update's diagnostics and the skip counters in variables."""

@@ -38,7 +38,6 @@ ENVIRONMENT_SWITCH = "KERAS_VELO_TORCH_COMPILE"
 _CACHE_SIZE = 16
 _cache = collections.OrderedDict()
 _lock = threading.Lock()
-_announced = set()
 
 
 class CompilationUnavailable(RuntimeError):
@@ -86,17 +85,89 @@ def _is_compiling():
     return bool(torch.compiler.is_compiling())
 
 
+class CompiledFunction:
+    """`function(*args)` (pure, pytree arguments) run as a compiled program.
+
+    `static_key` names everything the function closes over (a layout's
+    shapes, per-tensor settings): with the inputs' structure, shapes,
+    dtypes and devices it keys the process-wide cache of programs. The
+    program is built at the first call for each key (`make_fx` on fake
+    tensors of those inputs, so no data is read or baked in, then
+    inductor). If that fails, calls run `function` eagerly from then on,
+    after one warning (or raise `CompilationUnavailable` with `strict`).
+    Inside a `torch.compile`d caller (Keras' `jit_compile=True` on PyTorch)
+    it runs eagerly, for that caller to trace.
+    """
+
+    def __init__(self, function, static_key, num_tensors, strict=False):
+        self.function = function
+        self.static_key = static_key
+        self.num_tensors = num_tensors
+        self.strict = strict
+        self.failure = None
+
+    def __call__(self, *args):
+        if self.failure is not None or _is_compiling():
+            return self.function(*args)
+        leaves, spec = _flat_inputs(args)
+        key = (self.static_key, spec,
+               tuple((tuple(x.shape), x.dtype, x.device) for x in leaves))
+        try:
+            program, (out_spec, out_nones) = _cached_program(
+                key, lambda: _build(self.function, spec, leaves, self.num_tensors)
+            )
+        except Exception as error:  # inductor reports many kinds of failure
+            if self.strict:
+                raise CompilationUnavailable(_reason(error)) from error
+            self.failure = error
+            warnings.warn(
+                "keras-velo could not compile VeLO's update with torch.compile "
+                f"({_reason(error)}); it runs eagerly, several times slower on "
+                "large models. Pass `VeLO(compile_update=False)` to skip the "
+                "attempt.",
+                stacklevel=2,
+            )
+            return self.function(*args)
+        from torch.utils import _pytree as pytree
+
+        return pytree.tree_unflatten(_fill(program(*leaves), out_nones), out_spec)
+
+
+def compiled_prefab_update(layout, weight_decays, active, strict=False):
+    """`prefab_update` without accumulation, compiled whole (packing included).
+
+    Called as `f(theta, state, params, grads, loss, step_scale,
+    fraction_trained)`; returns what `prefab_update` returns.
+    """
+    from keras_velo.prefab import prefab_update
+
+    weight_decays = None if weight_decays is None else tuple(float(w) for w in weight_decays)
+
+    def update(theta, state, params, grads, loss, step_scale, fraction_trained):
+        return prefab_update(
+            theta, state, params, grads, loss, weight_decays=weight_decays,
+            num_accumulated=1, accumulation=None, step_scale=step_scale,
+            fraction_trained=fraction_trained, skip_non_finite=True, active=active,
+        )
+
+    key = ("prefab_update", layout.shapes, weight_decays, active)
+    return CompiledFunction(update, key, layout.num_tensors, strict)
+
+
 def compiled_packed_update(layout, active, skip_non_finite, strict=False):
     """A function with `packed_update`'s signature that runs a compiled program.
 
-    The program is built at the first call for each input structure, shape
-    and dtype (`make_fx` on those inputs, then inductor), and cached. If
-    that fails, the returned function runs `packed_update` eagerly from
-    then on, after one warning (or raises `CompilationUnavailable` with
-    `strict`). Inside a `torch.compile`d caller (Keras' `jit_compile=True`
-    on PyTorch) it runs eagerly, for that caller to trace.
+    For `prefab_update`'s `core` when it accumulates gradients (its
+    conditional between accumulating and updating stays eager).
     """
-    failure = []
+    def update(theta, state, params, grads, loss, step_scale, fraction_trained):
+        return packed_update(theta, state, layout, params, grads, loss, step_scale,
+                             fraction_trained, active, skip_non_finite)
+
+    compiled = CompiledFunction(
+        update, ("packed_update", layout.shapes, active, skip_non_finite),
+        layout.num_tensors, strict,
+    )
 
     def run(theta, state, layout_, params, grads, loss, step_scale=1.0,
             fraction_trained=None, active_=None, skip_non_finite_=False):
@@ -106,32 +177,7 @@ def compiled_packed_update(layout, active, skip_non_finite, strict=False):
                 "active tensors or skip setting; get one with compiled_packed_update("
                 "layout, active, skip_non_finite) for these."
             )
-        args = (theta, state, params, grads, loss, step_scale, fraction_trained)
-        if failure or _is_compiling():
-            return packed_update(
-                theta, state, layout, params, grads, loss, step_scale,
-                fraction_trained, active, skip_non_finite,
-            )
-        try:
-            program, out_spec = _program(layout, active, skip_non_finite, args)
-        except Exception as error:  # inductor reports many kinds of failure
-            if strict:
-                raise CompilationUnavailable(_reason(error)) from error
-            failure.append(error)
-            warnings.warn(
-                "keras-velo could not compile VeLO's update with torch.compile "
-                f"({_reason(error)}); it runs eagerly, several times slower on "
-                "large models. Pass `VeLO(compile_update=False)` to skip the "
-                "attempt.",
-                stacklevel=2,
-            )
-            return run(theta, state, layout_, params, grads, loss, step_scale,
-                       fraction_trained, active_, skip_non_finite_)
-        from torch.utils import _pytree as pytree
-
-        leaves = _flat_inputs(args)[0]
-        spec, nones = out_spec
-        return pytree.tree_unflatten(_fill(program(*leaves), nones), spec)
+        return compiled(theta, state, params, grads, loss, step_scale, fraction_trained)
 
     return run
 
@@ -162,25 +208,19 @@ def _flat_inputs(args):
     return tensors, (spec, tuple(nones))
 
 
-def _program(layout, active, skip_non_finite, args):
-    """The cached compiled program for these inputs: `(callable, output spec)`."""
-    leaves, spec = _flat_inputs(args)
-    key = (
-        layout.shapes, active, skip_non_finite, spec,
-        tuple((tuple(x.shape), x.dtype, x.device) for x in leaves),
-    )
+def _cached_program(key, build):
     with _lock:
         if key in _cache:
             _cache.move_to_end(key)
             return _cache[key]
-        entry = _build(layout, active, skip_non_finite, spec, leaves)
+        entry = build()
         _cache[key] = entry
         if len(_cache) > _CACHE_SIZE:
             _cache.popitem(last=False)
         return entry
 
 
-def _build(layout, active, skip_non_finite, spec, leaves):
+def _build(function, spec, leaves, num_tensors):
     import torch
     from torch.fx.experimental.proxy_tensor import make_fx
     from torch.utils import _pytree as pytree
@@ -188,27 +228,19 @@ def _build(layout, active, skip_non_finite, spec, leaves):
     in_spec, in_nones = spec
     out = {}
 
-    def flat_update(*flat):
-        theta, state, params, grads, loss, step_scale, fraction = pytree.tree_unflatten(
-            _fill(flat, in_nones), in_spec
-        )
-        outputs = packed_update(
-            theta, state, layout, params, grads, loss, step_scale, fraction, active,
-            skip_non_finite,
-        )
+    def flat_function(*flat):
+        outputs = function(*pytree.tree_unflatten(_fill(flat, in_nones), in_spec))
         flat_out, out["spec"] = pytree.tree_flatten(outputs)
         out["nones"] = tuple(i for i, x in enumerate(flat_out) if x is None)
         return [x for x in flat_out if x is not None]
 
-    if layout.shapes not in _announced:
-        _announced.add(layout.shapes)
-        print(
-            f"keras-velo: compiling VeLO's update for {layout.num_tensors} tensors with "
-            "torch.compile (once per model; VeLO(compile_update=False) skips it)",
-            file=sys.stderr,
-        )
+    print(
+        f"keras-velo: compiling VeLO's update for {num_tensors} tensors with "
+        "torch.compile (once per model and process; VeLO(compile_update=False) skips it)",
+        file=sys.stderr,
+    )
     with torch.no_grad():
-        graph = make_fx(flat_update, tracing_mode="fake")(*leaves)
+        graph = make_fx(flat_function, tracing_mode="fake")(*leaves)
         program = torch.compile(graph, fullgraph=True, dynamic=False)
         program(*leaves)  # compiles now, so that failures surface here
     return program, (out["spec"], out["nones"])
