@@ -8,9 +8,9 @@ this process (and, through the environment, the processes it starts):
   and meta-training's programs come back from disk in a new process
   instead of compiling again (`benchmarks/compilation_cache.py`).
   Programs that compile in under `min_compile_seconds` are not stored.
-* **PyTorch**: inductor's caches (`TORCHINDUCTOR_CACHE_DIR`), which keep
-  the generated C++/Triton kernels of VeLO's compiled update
-  (`keras_velo.torch_compile`).
+* **PyTorch**: inductor's caches (`TORCHINDUCTOR_CACHE_DIR`, set to
+  `<root>/torchinductor`), which keep the generated C++/Triton kernels and
+  compiled graphs of VeLO's update (`keras_velo.torch_compile`).
 * **TensorFlow**: nothing (returns None): TensorFlow's XLA cache can only be
   set before TensorFlow starts (`TF_XLA_FLAGS`).
 
@@ -60,9 +60,9 @@ def enable_compilation_cache(min_compile_seconds=1.0):
         jax.config.update("jax_persistent_cache_min_compile_time_secs", float(min_compile_seconds))
         return directory
     if backend == "torch":
-        directory = pathlib.Path(
-            os.environ.get("TORCHINDUCTOR_CACHE_DIR", cache_root() / "torchinductor")
-        )
+        # Set whatever the environment says: importing torch may already
+        # have written inductor's default (a folder under /tmp) there.
+        directory = cache_root() / "torchinductor"
         directory.mkdir(parents=True, exist_ok=True)
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(directory)
         return directory

@@ -61,7 +61,7 @@ def scatter_columns(sums, channel_map):
     source = np.full(NUM_CHANNELS, len(channel_map), np.int32)
     for column, indices in enumerate(channel_map):
         source[list(indices)] = column
-    padded = ops.concatenate([sums, ops.zeros((sums.shape[0], 1), sums.dtype)], axis=1)
+    padded = ops.pad(sums, ((0, 0), (0, 1)))
     return ops.take(padded, ops.convert_to_tensor(source), axis=1)
 
 

@@ -98,6 +98,10 @@ def segment_sum(data, segment_ids, num_segments):
     """
     if keras.backend.backend() != "torch":
         return ops.segment_sum(data, segment_ids, num_segments=num_segments)
+    if num_segments == 1:
+        # Every id is 0. Also sidesteps an inductor codegen assertion on a
+        # scatter into a single row (torch 2.13, a one-tensor model).
+        return ops.sum(data, axis=0, keepdims=True)
     import torch
 
     data = ops.convert_to_tensor(data)

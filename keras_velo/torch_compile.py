@@ -1,29 +1,34 @@
-"""VeLO's packed update as one compiled program on PyTorch.
+"""VeLO's update as one compiled program on PyTorch.
 
-Keras runs PyTorch eagerly, so `update.packed_update` there is ~3,000
-separate kernels, most of them full-size element-wise ones (the MLP's ~150
+Keras runs PyTorch eagerly, so VeLO's update there is ~3,000 separate
+kernels, most of them full-size element-wise ones (the MLP's ~150
 multiply-adds per parameter each read and write every parameter): 16x
 Adam's step on ResNet-50. This module turns it into fused loops:
 
-1. `make_fx` records the aten operations one eager call runs (the update
-   has no data-dependent Python branch: it also traces under `jax.jit`),
-   so Keras' Python, numpy constants and the packed layout's bookkeeping
-   are resolved once, into a graph of ~2,900 nodes;
+1. `make_fx` records the aten operations of one update on *fake* tensors
+   (no data is read, so none can be baked into the program, and no memory
+   is spent; the update has no data-dependent Python branch: it also
+   traces under `jax.jit`), so Keras' Python, numpy constants and the
+   packed layout's bookkeeping are resolved once, into a graph of ~2,900
+   nodes;
 2. `torch.compile(graph, fullgraph=True)` hands it to inductor, which
    fuses the element-wise passes into a few C++/OpenMP loops on CPU
    (Triton kernels on GPU).
 
-Done once per layout, set of active tensors and input structure (about
-25 s on 2 CPU cores, whatever the model's size), and shared by every
-`VeLO` of the process. `compiled_packed_update` returns a function with
-`packed_update`'s signature.
+`compiled_prefab_update` compiles the whole `prefab_update` (packing,
+coupled weight decay, the skip guard); with >150k-step accumulation the
+wrapper's conditional stays eager and `compiled_packed_update` compiles
+the update inside it. Programs are built at the first call (about 30 s
+on 2 CPU cores, whatever the model's size) and cached for the process,
+keyed by the tensors' shapes, the per-tensor settings and the inputs'
+structure, dtypes and device.
 
 When compilation is not possible (no C++ compiler, an inductor error),
 `VeLO(compile_update="auto")` warns once, saying why, and runs eagerly;
-`compile_update=True` raises instead. The test suite runs eagerly
-(`KERAS_VELO_TORCH_COMPILE=0`, see `tests/conftest.py`) except in
+`compile_update=True` raises `CompilationUnavailable`. The test suite runs
+eagerly (`KERAS_VELO_TORCH_COMPILE=0`, see `tests/conftest.py`) except in
 `tests/test_torch_compile.py`, which checks the compiled update against the
-eager one and the golden trajectories.
+golden trajectories, the per-tensor oracle and the eager update.
 """
 
 import collections
@@ -188,7 +193,7 @@ def _reason(error):
 
 
 def _flat_inputs(args):
-    """`(tensor leaves, spec, None positions)` of the update's inputs.
+    """`(tensor leaves, (spec, None positions))` of the update's inputs.
 
     Numbers become tensors; None leaves (an empty region, no time
     fraction) are left out of the program's inputs and put back by position.

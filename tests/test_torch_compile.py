@@ -88,6 +88,22 @@ def test_compiled_update_equals_eager_through_skips_and_outliers():
                                        atol=1e-5)
 
 
+@pytest.mark.parametrize("shape", [(40, 33), (1000,)])
+def test_a_model_of_one_tensor_compiles(shape):
+    """One tensor over many chunks: every per-tensor sum is a single segment
+    (inductor 2.13 failed on a scatter into one row before `segment_sum`
+    special-cased it)."""
+    rng = np.random.default_rng(0)
+    params = [rng.standard_normal(shape).astype(np.float32)]
+    grads = [[(0.1 * rng.standard_normal(shape)).astype(np.float32)] for _ in range(3)]
+    eager = _updates(False, [shape], params, grads, [1.0, 0.9, 0.8])
+    compiled = _updates(True, [shape], params, grads, [1.0, 0.9, 0.8])
+    for (a, _, _), (b, _, _) in zip(compiled, eager):
+        scale = np.max(np.abs(b[0] - params[0]))
+        assert scale > 0
+        assert np.max(np.abs(a[0] - b[0])) <= 1e-5 * scale + 2 * np.max(np.spacing(np.abs(b[0])))
+
+
 def _failing_compile(*args, **kwargs):
     raise RuntimeError("no C++ compiler found (simulated)")
 
