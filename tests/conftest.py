@@ -7,6 +7,7 @@ pytest process per value of `KERAS_BACKEND`; this file defaults it to JAX.
 
 import os
 import pathlib
+import tempfile
 
 os.environ.setdefault("KERAS_BACKEND", "jax")
 # Tests never download: a tfds download attempt here hangs for minutes.
@@ -14,6 +15,11 @@ os.environ["KERAS_VELO_TFDS_DOWNLOAD"] = "0"
 # VeLO on PyTorch compiles its update (~25 s per model): the suite runs it
 # eagerly, except tests/test_torch_compile.py, which compares the two.
 os.environ.setdefault("KERAS_VELO_TORCH_COMPILE", "0")
+# Entry points the tests start (the evaluation CLI, meta-training) turn on
+# the compilation cache: keep it out of the user's ~/.cache.
+os.environ.setdefault(
+    "KERAS_VELO_CACHE_DIR", str(pathlib.Path(tempfile.gettempdir()) / "keras_velo_test_cache")
+)
 
 import pytest  # noqa: E402
 
