@@ -10,6 +10,7 @@ variables (`state_variables.py`), takes the training loss, calls
 
 import contextlib
 import functools
+import math
 
 import keras
 import numpy as np
@@ -473,8 +474,7 @@ class VeLO(keras.optimizers.Optimizer):
         settings = dict(weight_decays=self._weight_decays, num_accumulated=num_accumulated,
                         active=active)
         eager = functools.partial(prefab_update, **settings)
-        num_parameters = sum(t.size for t in (
-            *self._layout.factored.placements, *self._layout.diagonal.placements))
+        num_parameters = sum(math.prod(shape) for shape in self._layout.shapes)
         if not resolve_compile_update(
             self.compile_update, num_parameters, self.horizon.velo_steps
         ):
@@ -482,11 +482,7 @@ class VeLO(keras.optimizers.Optimizer):
             return eager
         strict = self.compile_update is True
         if num_accumulated == 1:
-            compiled = compiled_prefab_update(self._layout, self._weight_decays, active, strict)
-
-            def function(theta, state, params, grads, loss, accumulation, step_scale,
-                         fraction_trained):
-                return compiled(theta, state, params, grads, loss, step_scale, fraction_trained)
+            function = compiled_prefab_update(self._layout, self._weight_decays, active, strict)
         else:  # the accumulation's conditional stays eager, the update inside is compiled
             function = functools.partial(
                 eager, core=compiled_packed_update(self._layout, active, True, strict)

@@ -141,8 +141,10 @@ class CompiledFunction:
 def compiled_prefab_update(layout, weight_decays, active, strict=False):
     """`prefab_update` without accumulation, compiled whole (packing included).
 
-    Called as `f(theta, state, params, grads, loss, step_scale,
-    fraction_trained)`; returns what `prefab_update` returns.
+    Called as `f(theta, state, params, grads, loss, accumulation=None,
+    step_scale=..., fraction_trained=...)` like `prefab_update` with these
+    settings bound (`accumulation` is None without accumulation); returns
+    what it returns.
     """
     from keras_velo.prefab import prefab_update
 
@@ -156,7 +158,13 @@ def compiled_prefab_update(layout, weight_decays, active, strict=False):
         )
 
     key = ("prefab_update", layout.shapes, weight_decays, active)
-    return CompiledFunction(update, key, layout.num_tensors, strict)
+    compiled = CompiledFunction(update, key, layout.num_tensors, strict)
+
+    def run(theta, state, params, grads, loss, accumulation=None, step_scale=1.0,
+            fraction_trained=None):
+        return compiled(theta, state, params, grads, loss, step_scale, fraction_trained)
+
+    return run
 
 
 def compiled_packed_update(layout, active, skip_non_finite, strict=False):

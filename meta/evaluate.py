@@ -27,9 +27,9 @@ def score_theta(theta, validation_set, workers=2, max_loss_ratio=1.5):
     from meta.task_distribution import TaskDistribution
     from meta.validation import score
     from meta.workers import make_pool
-    from meta.compile_cache import enable
+    from keras_velo.compilation_cache import enable_compilation_cache
 
-    enable()
+    enable_compilation_cache()
     # theta itself: a subspace at z = 0.
     subspace = ThetaSubspace(SubspaceSpec(("step_size_head",)), theta)
     distribution = TaskDistribution(validation_set.families, validation_set.max_flops_per_step,

@@ -50,7 +50,7 @@ from meta.estimators import normalised_loss, perturbation
 from meta.task_distribution import sample_member_task
 
 # Each architecture's compiled programs hold ~0.3 GB on a worker; evicted ones
-# come back from JAX's persistent cache in ~5 s (`meta.compile_cache`).
+# come back from JAX's persistent cache in ~5 s (`keras_velo.enable_compilation_cache`).
 ARCHITECTURE_CACHE_SIZE = 16
 # Compiled steps, shared by every runner of this process:
 # (architecture, variable leaves, number of arms) -> functions.

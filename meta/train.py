@@ -192,9 +192,9 @@ def train(config, out, init="bundled", resume=False, address=None, progress=True
     from meta.validation import score
     from meta.workers import make_pool
 
-    from meta.compile_cache import enable
+    from keras_velo.compilation_cache import enable_compilation_cache
 
-    enable()
+    enable_compilation_cache()
     out = pathlib.Path(out)
     out.mkdir(parents=True, exist_ok=True)
     subspace, description = build_subspace(config, init)

@@ -56,9 +56,9 @@ class _ParticleActor:
 
     def __init__(self, runner_arguments):
         os.environ.setdefault("KERAS_BACKEND", "jax")
-        from meta.compile_cache import enable
+        from keras_velo.compilation_cache import enable_compilation_cache
 
-        enable()
+        enable_compilation_cache()
         self.runner = ParticleRunner(*runner_arguments)
 
     def run(self, z, iteration, members):
@@ -85,10 +85,10 @@ class RayPool:
         import ray
 
         if not ray.is_initialized():
-            from meta.compile_cache import cache_directory
+            from keras_velo.compilation_cache import jax_cache_directory
 
             environment = {"env_vars": {"KERAS_BACKEND": "jax", "TF_CPP_MIN_LOG_LEVEL": "3",
-                                        "JAX_COMPILATION_CACHE_DIR": str(cache_directory())}}
+                                        "JAX_COMPILATION_CACHE_DIR": str(jax_cache_directory())}}
             if address is None:
                 ray.init(num_cpus=workers, include_dashboard=False, runtime_env=environment,
                          log_to_driver=False, configure_logging=False)
