@@ -108,10 +108,21 @@ def _failing_compile(*args, **kwargs):
     raise RuntimeError("no C++ compiler found (simulated)")
 
 
-def test_auto_falls_back_to_eager_and_says_why(monkeypatch):
+def _compile_failing_at_first_call(*args, **kwargs):
+    """What inductor does: `torch.compile` returns, compiling fails at the first call."""
+    return _failing_compile
+
+
+# Where compilation fails: at `torch.compile`, or (inductor's way) at the
+# program's first call; either way the variables must be left as they were.
+FAILURES = [_failing_compile, _compile_failing_at_first_call]
+
+
+@pytest.mark.parametrize("failing_compile", FAILURES)
+def test_auto_falls_back_to_eager_and_says_why(monkeypatch, failing_compile):
     import torch
 
-    monkeypatch.setattr(torch, "compile", _failing_compile)
+    monkeypatch.setattr(torch, "compile", failing_compile)
     monkeypatch.setattr(torch_compile, "_cache", type(torch_compile._cache)())
     monkeypatch.setattr(torch_compile, "COMPILE_SECONDS", 0.0)  # "auto" compiles
     monkeypatch.delenv(torch_compile.ENVIRONMENT_SWITCH, raising=False)
@@ -126,16 +137,38 @@ def test_auto_falls_back_to_eager_and_says_why(monkeypatch):
             np.testing.assert_array_equal(x, y)
 
 
-def test_compile_true_fails_loudly_and_keeps_the_weights(monkeypatch):
+@pytest.mark.parametrize("failing_compile", FAILURES)
+def test_compile_true_fails_loudly_and_keeps_the_weights(monkeypatch, failing_compile):
     import torch
 
-    monkeypatch.setattr(torch, "compile", _failing_compile)
+    monkeypatch.setattr(torch, "compile", failing_compile)
     monkeypatch.setattr(torch_compile, "_cache", type(torch_compile._cache)())
     variable = keras.Variable(np.ones((3, 4), np.float32))
     optimizer = VeLO(total_steps=10, weights="bundled", compile_update=True)
     with pytest.raises(torch_compile.CompilationUnavailable, match="no C\\+\\+ compiler"):
         optimizer.apply([np.full((3, 4), 0.1, np.float32)], [variable], loss=1.0)
     np.testing.assert_array_equal(keras.ops.convert_to_numpy(variable.value), 1.0)
+    state = optimizer.velo_state()
+    assert int(state.iteration) == 0 and not np.any(state.tensors[0].accumulators.momentum)
+
+
+def test_stateless_apply_leaves_the_callers_tensors_alone():
+    """Compiled, `stateless_apply` returns the update and writes into nothing it was given."""
+    import torch
+
+    variables = [keras.Variable(np.ones((3, 4), np.float32)), keras.Variable(np.zeros(4, np.float32))]
+    optimizer = VeLO(total_steps=10, weights="bundled", compile_update=True)
+    optimizer.build(variables)
+    train_values = [torch.ones(3, 4), torch.zeros(4)]
+    opt_values = [v.value.clone() for v in optimizer.variables]
+    grads = [torch.full((3, 4), 0.1), torch.full((4,), 0.2)]
+    new_train, new_opt = optimizer.stateless_apply(opt_values, grads, train_values, loss=1.0)
+    torch.testing.assert_close(train_values[0], torch.ones(3, 4))  # inputs unchanged
+    torch.testing.assert_close(train_values[1], torch.zeros(4))
+    for value, variable in zip(opt_values, optimizer.variables):
+        torch.testing.assert_close(value, variable.value)  # the optimizer's too
+    assert float(torch.max(torch.abs(new_train[0] - 1.0))) > 0  # it did update
+    assert optimizer.diagnostics()["iteration"] == 0
 
 
 def test_auto_compiles_only_runs_that_win_back_the_compile_time(monkeypatch):
