@@ -30,7 +30,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 def damaged_theta(step_scale):
     import numpy as np
 
-    from keras_velo.pretrained import resolve_weights
+    from keras_velo.weights.pretrained import resolve_weights
 
     theta, _ = resolve_weights("bundled")
     head = theta["rnn_params"]["step_size"]
@@ -47,8 +47,8 @@ def main(argv=None):
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args(argv)
 
-    from keras_velo.checkpoint import write_checkpoint
-    from keras_velo.pretrained import resolve_weights
+    from keras_velo.weights.checkpoint import write_checkpoint
+    from keras_velo.weights.pretrained import resolve_weights
     from meta.configs import get_preset
     from meta.evaluate import score_theta
     from meta.plots import validation_records

@@ -40,7 +40,7 @@ VeLO/Adam ratios measured in the same process:
   ends by reading `optimizer.iterations.numpy()` to synchronise.
 * PyTorch: `apply`, CPU, synchronous; Adam eager (Keras on torch runs
   eagerly), VeLO's update compiled (`compile_update=True`,
-  `keras_velo.torch_compile`).
+  `keras_velo.packed.torch_compile`).
 
 The first call (trace + XLA compile + one run on JAX/TensorFlow; on torch
 VeLO's trace and inductor compile, Adam's first eager call) is timed

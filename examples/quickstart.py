@@ -26,7 +26,7 @@ import keras  # noqa: E402
 
 import _common  # noqa: E402
 import keras_velo  # noqa: E402
-from keras_velo.pretrained import WeightsUnavailableError, load_published_weights  # noqa: E402
+from keras_velo.weights.pretrained import WeightsUnavailableError, load_published_weights  # noqa: E402
 
 STEPS_PER_EPOCH = 100
 DEFAULT_PLOT = pathlib.Path(__file__).resolve().parent / "quickstart_loss.png"

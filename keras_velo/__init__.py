@@ -1,21 +1,41 @@
-"""keras-velo: VeLO, Google's learned optimizer, for Keras 3 on JAX, TensorFlow and PyTorch."""
+"""keras-velo: VeLO, Google's learned optimizer, for Keras 3 on JAX, TensorFlow and PyTorch.
 
-from keras_velo import callbacks
-from keras_velo.callbacks import VeLOCallback, VeLOMonitor
-from keras_velo.checkpoint import read_checkpoint, write_checkpoint
-from keras_velo.compilation_cache import enable_compilation_cache
-from keras_velo.health import NonFiniteTrainingError
-from keras_velo.integration import attach
-from keras_velo.optimizer import VeLO, find_velo
-from keras_velo.prefab import plan_horizon, prefab_update
-from keras_velo.pretrained import (
+The public names are imported from here. The implementation lives in four
+subpackages, imported one way (`keras_velo/README.md`, "How it is built"):
+`maths` (VeLO's computation per tensor and theta's structure) <- `packed`
+(the packed layout: every tensor's update as one program) <- `training`
+(the Keras optimizer, its state, guards and `fit` integration), with
+`weights` (checkpoint files, published and bundled weights) used by
+`training` and meta-training.
+"""
+
+import sys
+
+from keras_velo import _moved_modules
+from keras_velo.maths.theta import (
+    CheckpointError,
+    ThetaError,
+    init_theta,
+    validate_theta,
+)
+from keras_velo.packed.prefab import plan_horizon, prefab_update
+from keras_velo.packed.state_view import TensorState, tensor_states
+from keras_velo.packed.update import StepDiagnostics, VeLOState, init_state, velo_update
+from keras_velo.training import callbacks
+from keras_velo.training.callbacks import VeLOCallback, VeLOMonitor
+from keras_velo.training.compilation_cache import enable_compilation_cache
+from keras_velo.training.health import NonFiniteTrainingError
+from keras_velo.training.integration import attach
+from keras_velo.training.optimizer import VeLO, find_velo
+from keras_velo.weights.checkpoint import read_checkpoint, write_checkpoint
+from keras_velo.weights.pretrained import (
     PUBLISHED_WEIGHTS,
     WeightsUnavailableError,
     resolve_weights,
 )
-from keras_velo.theta import CheckpointError, ThetaError, init_theta, validate_theta
-from keras_velo.state_view import TensorState, tensor_states
-from keras_velo.update import StepDiagnostics, VeLOState, init_state, velo_update
+
+sys.modules.setdefault("keras_velo.callbacks", callbacks)  # public: `keras_velo.callbacks`
+_moved_modules.install()  # the modules' paths before the subpackages, with a warning
 
 __all__ = [
     "NonFiniteTrainingError",

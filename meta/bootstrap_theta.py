@@ -115,10 +115,10 @@ import sys
 
 import numpy as np
 
-from keras_velo.hypernetwork import LSTM_FORGET_BIAS, MLP_WEIGHT_MIX_SCALE
-from keras_velo.parameter_mlp import EXP_MULT
-from keras_velo.tensor_features import FRACTION_SHARPNESS, FRACTION_TIMESCALES
-from keras_velo.theta import (
+from keras_velo.maths.hypernetwork import LSTM_FORGET_BIAS, MLP_WEIGHT_MIX_SCALE
+from keras_velo.maths.parameter_mlp import EXP_MULT
+from keras_velo.maths.tensor_features import FRACTION_SHARPNESS, FRACTION_TIMESCALES
+from keras_velo.maths.theta import (
     DEFAULT_LSTM_HIDDEN_SIZE,
     DEFAULT_NUM_PARAM_INITS,
     theta_shapes,
@@ -396,7 +396,7 @@ def write_bootstrap_checkpoint(directory, **constants):
     Returns the path of `params.gz`. The bytes are deterministic (gzip with
     mtime 0 and no file name).
     """
-    from keras_velo.checkpoint import write_checkpoint
+    from keras_velo.weights.checkpoint import write_checkpoint
 
     path = os.fspath(directory)
     if not path.endswith(os.sep):

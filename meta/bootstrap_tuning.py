@@ -1,7 +1,7 @@
 """The small search behind the bootstrap theta's constants.
 
 Runs VeLO with `bootstrap_theta(**constants)` through the pure maths
-(`keras_velo.update.velo_update`, jitted with JAX) and Adam(1e-3) on the
+(`keras_velo.packed.update.velo_update`, jitted with JAX) and Adam(1e-3) on the
 same tasks, data, initialisations and numbers of steps, and prints the
 final full-data training losses. Tasks are small classifiers of
 scikit-learn's bundled 8x8 digits (1,797 images, no download), trained
@@ -113,7 +113,7 @@ class _Runner:
         import jax
         import jax.numpy as jnp
 
-        from keras_velo.update import velo_update
+        from keras_velo.packed.update import velo_update
 
         self.task, self.seed = task, seed
         images, labels = _digits()
@@ -161,7 +161,7 @@ class _Runner:
         return order[:needed].reshape(steps, self.task.batch_size).astype(np.int32)
 
     def train_velo(self, theta, steps: int) -> float:
-        from keras_velo.update import init_state, to_tensors
+        from keras_velo.packed.update import init_state, to_tensors
 
         state = to_tensors(init_state(theta, self.shapes, num_steps=steps))
         params = list(self.initial)
@@ -183,7 +183,7 @@ class _Runner:
 def _jax_theta(theta):
     import jax.numpy as jnp
 
-    from keras_velo.theta import flatten_theta, unflatten_theta
+    from keras_velo.maths.theta import flatten_theta, unflatten_theta
 
     return unflatten_theta({k: jnp.asarray(v) for k, v in flatten_theta(theta).items()})
 

@@ -27,7 +27,7 @@ def score_theta(theta, validation_set, workers=2, max_loss_ratio=1.5):
     from meta.task_distribution import TaskDistribution
     from meta.validation import score
     from meta.workers import make_pool
-    from keras_velo.compilation_cache import enable_compilation_cache
+    from keras_velo.training.compilation_cache import enable_compilation_cache
 
     enable_compilation_cache()
     # theta itself: a subspace at z = 0.
@@ -78,7 +78,7 @@ def main(argv=None):
     validation_set = PRESETS[args.validation].validation
     theta, description = _resolve(args.run or args.theta)
     if args.export:
-        from keras_velo.checkpoint import write_checkpoint
+        from keras_velo.weights.checkpoint import write_checkpoint
 
         path = write_checkpoint(args.export.rstrip(os.sep) + os.sep, theta,
                                 gen_id="keras_velo_meta_export", step=0)

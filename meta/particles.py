@@ -139,7 +139,7 @@ class ParticleRunner:
             return _COMPILED[key]
         import jax
 
-        from keras_velo.update import init_state, velo_update
+        from keras_velo.packed.update import init_state, velo_update
         from meta.functional_task import FunctionalTask
 
         task = FunctionalTask(config)

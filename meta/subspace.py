@@ -35,7 +35,7 @@ import math
 
 import numpy as np
 
-from keras_velo.theta import flatten_theta, unflatten_theta, validate_theta
+from keras_velo.maths.theta import flatten_theta, unflatten_theta, validate_theta
 
 
 def _leaves(*paths):
@@ -43,7 +43,7 @@ def _leaves(*paths):
 
 
 def _mlp_bank():
-    from keras_velo.theta import theta_shapes
+    from keras_velo.maths.theta import theta_shapes
 
     return _leaves(*[p for p in theta_shapes() if p[0] == "ff_mod_stack"])
 
@@ -243,7 +243,7 @@ def _array_module(x):
 @functools.lru_cache(maxsize=None)
 def block_sizes():
     """`{block name: coordinates}` for the default VeLO (H=512, K=256)."""
-    from keras_velo.theta import theta_shapes
+    from keras_velo.maths.theta import theta_shapes
 
     shapes = theta_shapes()
     sizes = {}

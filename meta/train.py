@@ -58,7 +58,7 @@ RESUMABLE_CHANGES = ("name", "iterations", "minutes", "workers", "validate_every
 
 def initial_theta(init, seed=0):
     """Theta to start from: "bundled", "random" (seeded), "velo", or a checkpoint path."""
-    from keras_velo.pretrained import resolve_weights
+    from keras_velo.weights.pretrained import resolve_weights
 
     if init == "random":
         return resolve_weights(None, seed=seed)
@@ -133,7 +133,7 @@ def load_run_state(out, learner):
 
 def write_theta(directory, subspace, z, iteration, config_name):
     """Writes theta(z) as an official-format checkpoint in `directory`."""
-    from keras_velo.checkpoint import write_checkpoint
+    from keras_velo.weights.checkpoint import write_checkpoint
 
     directory = pathlib.Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -192,7 +192,7 @@ def train(config, out, init="bundled", resume=False, address=None, progress=True
     from meta.validation import score
     from meta.workers import make_pool
 
-    from keras_velo.compilation_cache import enable_compilation_cache
+    from keras_velo.training.compilation_cache import enable_compilation_cache
 
     enable_compilation_cache()
     out = pathlib.Path(out)

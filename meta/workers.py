@@ -56,7 +56,7 @@ class _ParticleActor:
 
     def __init__(self, runner_arguments):
         os.environ.setdefault("KERAS_BACKEND", "jax")
-        from keras_velo.compilation_cache import enable_compilation_cache
+        from keras_velo.training.compilation_cache import enable_compilation_cache
 
         enable_compilation_cache()
         self.runner = ParticleRunner(*runner_arguments)
@@ -85,7 +85,7 @@ class RayPool:
         import ray
 
         if not ray.is_initialized():
-            from keras_velo.compilation_cache import jax_cache_directory
+            from keras_velo.training.compilation_cache import jax_cache_directory
 
             environment = {"env_vars": {"KERAS_BACKEND": "jax", "TF_CPP_MIN_LOG_LEVEL": "3",
                                         "JAX_COMPILATION_CACHE_DIR": str(jax_cache_directory())}}

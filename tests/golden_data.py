@@ -10,7 +10,7 @@ import json
 import numpy as np
 
 from conftest import GOLDEN_DIR
-from keras_velo.checkpoint import read_checkpoint
+from keras_velo.weights.checkpoint import read_checkpoint
 
 TRAJECTORIES = [
     "traj_random_n100",

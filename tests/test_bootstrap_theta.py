@@ -14,10 +14,12 @@ import numpy as np
 import pytest
 from keras import ops
 
-from keras_velo import hypernetwork, parameter_mlp, tensor_features
-from keras_velo.theta import flatten_theta, theta_num_parameters, validate_theta
-from keras_velo.state_view import tensor_states
-from keras_velo.update import init_state, to_tensors, velo_update
+from keras_velo.maths import hypernetwork
+from keras_velo.maths import parameter_mlp
+from keras_velo.maths import tensor_features
+from keras_velo.maths.theta import flatten_theta, theta_num_parameters, validate_theta
+from keras_velo.packed.state_view import tensor_states
+from keras_velo.packed.update import init_state, to_tensors, velo_update
 from meta import bootstrap_theta as bootstrap
 from meta.bootstrap_theta import (
     DEFAULT_CONSTANTS,

@@ -1,4 +1,4 @@
-"""Theta structure (keras_velo.theta) and the checkpoint file format (keras_velo.checkpoint).
+"""Theta structure (keras_velo.maths.theta) and the checkpoint file format (keras_velo.weights.checkpoint).
 
 The golden checkpoints were written by the reference (`learned_optimization`
 `checkpoints.save_state`), so loading them checks the reader against the
@@ -16,8 +16,8 @@ import msgpack
 import numpy as np
 import pytest
 
-from keras_velo.checkpoint import CheckpointError, read_checkpoint, write_checkpoint
-from keras_velo.theta import (
+from keras_velo.weights.checkpoint import CheckpointError, read_checkpoint, write_checkpoint
+from keras_velo.maths.theta import (
     MLP_INPUT_GROUP_WIDTHS,
     NUM_TENSOR_FEATURES,
     ThetaError,

@@ -52,7 +52,7 @@ def test_a_second_process_reuses_the_compiled_update(tmp_path):
 
 
 def test_the_folder_follows_the_environment(tmp_path, monkeypatch):
-    from keras_velo import compilation_cache
+    from keras_velo.training import compilation_cache
 
     monkeypatch.setenv("KERAS_VELO_CACHE_DIR", str(tmp_path))
     monkeypatch.delenv("JAX_COMPILATION_CACHE_DIR", raising=False)

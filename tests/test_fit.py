@@ -16,7 +16,7 @@ from keras import ops
 import golden_data
 import keras_velo
 from keras_velo import NonFiniteTrainingError, VeLO
-from keras_velo.callbacks import infer_total_steps
+from keras_velo.training.callbacks import infer_total_steps
 
 THETA = str(golden_data.GOLDEN_DIR / "velo_perturbed_theta")
 BACKEND = keras.backend.backend()
@@ -368,7 +368,7 @@ def test_bundled_weights_travel_by_name(tmp_path, monkeypatch):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
 
     # Another version's bundled weights: the restored theta differs from the saved one.
-    resolve = keras_velo.optimizer.resolve_saved_weights
+    resolve = keras_velo.training.optimizer.resolve_saved_weights
 
     def other_version(weights, seed=0):
         theta, description, error = resolve(weights, seed=seed)
@@ -377,7 +377,7 @@ def test_bundled_weights_travel_by_name(tmp_path, monkeypatch):
                                              "b": theta["rnn_params"]["rnn/linear"]["b"]}
         return theta, description, error
 
-    monkeypatch.setattr(keras_velo.optimizer, "resolve_saved_weights", other_version)
+    monkeypatch.setattr(keras_velo.training.optimizer, "resolve_saved_weights", other_version)
     with pytest.raises(Exception, match="another version of keras-velo"):
         keras.saving.load_model(tmp_path / "bundled.keras")
 
@@ -588,7 +588,7 @@ def test_time_budget_sets_the_fraction_and_stops_training(monkeypatch):
     velo = VeLO(total_steps=1000, weights=THETA, time_budget=2.0)
     model = _compiled(velo)
     ticks = iter(np.arange(0.0, 1e6, 0.05))  # every reading of the clock: 50 ms later
-    monkeypatch.setattr(keras_velo.callbacks, "time", types.SimpleNamespace(perf_counter=lambda: next(ticks)))
+    monkeypatch.setattr(keras_velo.training.callbacks, "time", types.SimpleNamespace(perf_counter=lambda: next(ticks)))
     fractions = []
 
     class Fraction(keras.callbacks.Callback):

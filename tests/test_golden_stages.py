@@ -15,16 +15,16 @@ import pytest
 from keras import ops
 
 import golden_data
-from keras_velo.accumulators import Accumulators, update_momenta
-from keras_velo.hypernetwork import (
+from keras_velo.maths.accumulators import Accumulators, update_momenta
+from keras_velo.maths.hypernetwork import (
     control_heads,
     lstm_step,
     mix_mlp_weights,
     mix_tensor_features,
 )
-from keras_velo.loss_features import LossBuffer, loss_features, update_loss_buffer
-from keras_velo.packing import pack, packed_layout, unpack
-from keras_velo.parameter_mlp import (
+from keras_velo.maths.loss_features import LossBuffer, loss_features, update_loss_buffer
+from keras_velo.packed.packing import pack, packed_layout, unpack
+from keras_velo.maths.parameter_mlp import (
     LANE_TABLE_CHANNELS,
     MLP_INPUT_GROUP_NAMES,
     ROW_TABLE_CHANNELS,
@@ -32,14 +32,14 @@ from keras_velo.parameter_mlp import (
     parameter_step,
     table_channels,
 )
-from keras_velo.state_view import col_moment_view, pack_accumulators, row_moment_view
-from keras_velo.tensor_features import (
+from keras_velo.packed.state_view import col_moment_view, pack_accumulators, row_moment_view
+from keras_velo.maths.tensor_features import (
     fraction_features,
     stack_lstm_inputs,
     tensor_statistics_features,
 )
-from keras_velo.theta import MLP_INPUT_GROUP_WIDTHS
-from keras_velo.update import (
+from keras_velo.maths.theta import MLP_INPUT_GROUP_WIDTHS
+from keras_velo.packed.update import (
     VeLOState,
     packed_update,
     region_steps,

@@ -135,7 +135,7 @@ def test_centered_ranks():
 
 
 def _bundled(step_scale=1.0):
-    from keras_velo.pretrained import resolve_weights
+    from keras_velo.weights.pretrained import resolve_weights
 
     theta, _ = resolve_weights("bundled")
     theta["rnn_params"]["step_size"] = {
@@ -145,7 +145,7 @@ def _bundled(step_scale=1.0):
 
 
 def _changed(space, z):
-    from keras_velo.theta import flatten_theta
+    from keras_velo.maths.theta import flatten_theta
 
     before, after = flatten_theta(_bundled()), flatten_theta(space.theta(z))
     return {"/".join(p): int(np.sum(after[p] != before[p])) for p in before
@@ -159,7 +159,7 @@ def _changed(space, z):
     (("all",), 300, 300),
 ])
 def test_a_subspace_starts_at_theta0_and_moves_only_its_blocks(blocks, dimension, size):
-    from keras_velo.theta import flatten_theta
+    from keras_velo.maths.theta import flatten_theta
     from meta.subspace import SubspaceSpec, ThetaSubspace, block_sizes
 
     space = ThetaSubspace(SubspaceSpec(blocks, dimension), _bundled())
@@ -178,7 +178,7 @@ def test_a_subspace_starts_at_theta0_and_moves_only_its_blocks(blocks, dimension
 def test_a_random_subspace_is_regenerated_from_its_seed_and_pulls_back_by_its_transpose():
     import jax.numpy as jnp
 
-    from keras_velo.theta import flatten_theta
+    from keras_velo.maths.theta import flatten_theta
     from meta.subspace import SubspaceSpec, ThetaSubspace
 
     spec = SubspaceSpec(("step_size_head", "mlp_bank"), 50, seed=3)
@@ -217,7 +217,7 @@ def test_velo_state_initialisation_is_traceable_in_theta():
     import jax
     import jax.numpy as jnp
 
-    from keras_velo.update import init_state
+    from keras_velo.packed.update import init_state
     from meta.subspace import SubspaceSpec, ThetaSubspace
 
     space = ThetaSubspace(SubspaceSpec(("lstm_init_state",)), _bundled())
@@ -344,7 +344,7 @@ def test_meta_training_repairs_a_damaged_step_size(tmp_path):
     """The known-answer run, small: VeLO's step-size head scaled by 0.1 (steps 10x too
     small), truncated backprop on that head over tiny image MLPs. 12 iterations win back
     more than half of the meta-validation gap to the undamaged theta (measured: 84%; `-s` prints it)."""
-    from keras_velo.checkpoint import write_checkpoint
+    from keras_velo.weights.checkpoint import write_checkpoint
     from meta.evaluate import score_theta
     from meta.subspace import SubspaceSpec
     from meta.train import train
@@ -423,8 +423,8 @@ def test_resume_without_particles_starts_new_episodes(tmp_path):
 def test_meta_training_from_a_checkpoint_writes_the_learned_theta(tmp_path):
     """`--init PATH`: z moves theta away from that checkpoint; the theta written is
     theta(z), loads into VeLO, and `meta.evaluate --run` rebuilds it from the compact state."""
-    from keras_velo.checkpoint import read_checkpoint, write_checkpoint
-    from keras_velo.theta import flatten_theta
+    from keras_velo.weights.checkpoint import read_checkpoint, write_checkpoint
+    from keras_velo.maths.theta import flatten_theta
     from meta.train import load_run, train
 
     write_checkpoint(f"{tmp_path}/bad{os.sep}", _bundled(step_scale=0.01))
@@ -567,8 +567,8 @@ def test_smoke_preset_end_to_end(tmp_path):
     assert all(np.isfinite(r["meta_loss"]) and r["wall_time_s"] > 0 for r in steps)
     assert [r["after_iteration"] for r in records if r.get("kind") == "validation"] == [0, 3]
     assert (out / "meta_loss.png").stat().st_size > 0 and (out / "meta_valid.png").exists()
-    from keras_velo.checkpoint import read_checkpoint
-    from keras_velo.theta import flatten_theta
+    from keras_velo.weights.checkpoint import read_checkpoint
+    from keras_velo.maths.theta import flatten_theta
 
     theta = flatten_theta(read_checkpoint(out / "theta" / "params"))
     bundled = flatten_theta(_bundled())

@@ -24,7 +24,7 @@ import pytest
 import golden_data
 import velo_oracle
 from keras_velo import VeLO
-from keras_velo.pretrained import resolve_weights
+from keras_velo.weights.pretrained import resolve_weights
 from optimizer_runner import run_updates
 from test_golden_trajectories import LSTM_ATOL, STATE_RTOL
 

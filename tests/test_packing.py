@@ -10,8 +10,8 @@ import pytest
 from keras import ops
 
 from keras_velo import init_theta
-from keras_velo.accumulators import Accumulators, accumulator_shapes
-from keras_velo.packing import (
+from keras_velo.maths.accumulators import Accumulators, accumulator_shapes
+from keras_velo.packed.packing import (
     DIAGONAL_CHUNK_ROWS,
     FACTORED_CHUNK_ROWS,
     LANES,
@@ -19,9 +19,9 @@ from keras_velo.packing import (
     packed_layout,
     unpack,
 )
-from keras_velo.prefab import prefab_update
-from keras_velo.state_view import pack_accumulators, tensor_states
-from keras_velo.update import init_state, to_tensors, velo_update
+from keras_velo.packed.prefab import prefab_update
+from keras_velo.packed.state_view import pack_accumulators, tensor_states
+from keras_velo.packed.update import init_state, to_tensors, velo_update
 
 # Ranks 0-4, sizes below, at and above the lane and chunk sizes, ties between
 # axes, size-1 axes, d0 first / last / in the middle (transposed), odd widths.

@@ -1,4 +1,4 @@
-"""Resolving `weights=` (keras_velo.pretrained), with the network always faked.
+"""Resolving `weights=` (keras_velo.weights.pretrained), with the network always faked.
 
 The published checkpoint cannot be reached from here, so a stand-in of the
 exact published size is made from the golden random theta: the same format,
@@ -18,9 +18,9 @@ import msgpack
 import numpy as np
 import pytest
 
-from keras_velo import pretrained
-from keras_velo.checkpoint import CheckpointError, read_checkpoint, write_checkpoint
-from keras_velo.pretrained import (
+from keras_velo.weights import pretrained
+from keras_velo.weights.checkpoint import CheckpointError, read_checkpoint, write_checkpoint
+from keras_velo.weights.pretrained import (
     PUBLISHED_WEIGHTS,
     BundledWeights,
     WeightsUnavailableError,
@@ -28,7 +28,7 @@ from keras_velo.pretrained import (
     load_published_weights,
     resolve_weights,
 )
-from keras_velo.theta import (
+from keras_velo.maths.theta import (
     ThetaError,
     flatten_theta,
     init_theta,

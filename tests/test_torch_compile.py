@@ -1,4 +1,4 @@
-"""VeLO's update compiled with torch.compile (`keras_velo.torch_compile`) on PyTorch.
+"""VeLO's update compiled with torch.compile (`keras_velo.packed.torch_compile`) on PyTorch.
 
 The compiled program must compute what the eager update computes: it is
 checked against the golden trajectories (the reference), the independent
@@ -14,7 +14,7 @@ import pytest
 import test_golden_trajectories as golden
 import test_oracle_property as oracle
 from keras_velo import VeLO
-from keras_velo import torch_compile
+from keras_velo.packed import torch_compile
 from optimizer_runner import run_updates
 
 pytestmark = pytest.mark.backends("torch")

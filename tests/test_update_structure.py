@@ -9,7 +9,7 @@ import pytest
 
 import golden_data
 from keras_velo import VeLO, init_theta
-from keras_velo.update import init_state, velo_update
+from keras_velo.packed.update import init_state, velo_update
 
 
 def _equation_count(jaxpr):
@@ -47,7 +47,7 @@ def _traced_update_size(hidden_layers, theta):
 def test_the_traced_update_does_not_grow_with_the_number_of_tensors():
     """64 hidden layers (130 tensors) trace to within 1.5x the equations of 2 (6 tensors).
 
-    The update is written once for all tensors (`keras_velo.packing`); each
+    The update is written once for all tensors (`keras_velo.packed.packing`); each
     tensor costs only its reshapes in and out. A per-tensor loop would make
     the 130-tensor program ~20x the 6-tensor one.
     """

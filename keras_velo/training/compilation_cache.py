@@ -10,7 +10,7 @@ this process (and, through the environment, the processes it starts):
   Programs that compile in under `min_compile_seconds` are not stored.
 * **PyTorch**: inductor's caches (`TORCHINDUCTOR_CACHE_DIR`, set to
   `<root>/torchinductor`), which keep the generated C++/Triton kernels and
-  compiled graphs of VeLO's update (`keras_velo.torch_compile`).
+  compiled graphs of VeLO's update (`keras_velo.packed.torch_compile`).
 * **TensorFlow**: nothing (returns None): TensorFlow's XLA cache can only be
   set before TensorFlow starts (`TF_XLA_FLAGS`).
 

@@ -5,7 +5,7 @@ Spec: `shared/spec/velo_reference.md` §2 and §5.6 (reference:
 accumulator).
 
 The statistics are kept for all tensors at once, in the packed layout of
-`keras_velo.packing` (the decay index comes **first**, where the reference
+`keras_velo.packed.packing` (the decay index comes **first**, where the reference
 puts it last; slices per decay are then contiguous):
 
 * `momentum`: `[3, chunks, rows, lanes]`, EMAs of g, decays 0.9/0.99/0.999.
@@ -16,7 +16,7 @@ puts it last; slices per decay are then contiguous):
 * diagonal region (rank 0 and 1): `diag_moment` `[3, chunks, rows, lanes]`.
 
 For one tensor, `accumulator_shapes` gives the reference's shapes
-(decay-first), which is how `keras_velo.state_view` shows them.
+(decay-first), which is how `keras_velo.packed.state_view` shows them.
 """
 
 from typing import NamedTuple

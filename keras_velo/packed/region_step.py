@@ -1,4 +1,4 @@
-"""One packed region (`keras_velo.packing`) through the three passes of a VeLO update.
+"""One packed region (`keras_velo.packed.packing`) through the three passes of a VeLO update.
 
 `RegionStep` holds a region's old accumulators, parameters and clipped
 gradients, and computes, in the order `update.packed_update` calls them:
@@ -21,8 +21,7 @@ partial sums. Each method works for all of the region's tensors at once.
 import numpy as np
 from keras import ops
 
-from keras_velo import segments
-from keras_velo.accumulators import (
+from keras_velo.maths.accumulators import (
     Accumulators,
     clip_gradient,
     col_factor,
@@ -31,8 +30,7 @@ from keras_velo.accumulators import (
     update_momenta,
     update_second_moment,
 )
-from keras_velo.packing import LANES, ChunkIndex, materialize
-from keras_velo.parameter_mlp import (
+from keras_velo.maths.parameter_mlp import (
     DIAGONAL_ELEMENT_CHANNELS,
     DIAGONAL_SQUARE_GROUPS,
     FACTORED_ELEMENT_CHANNELS,
@@ -52,8 +50,10 @@ from keras_velo.parameter_mlp import (
     table_channels,
     weighted_sums,
 )
-from keras_velo.tensor_features import centred_values
-from keras_velo.theta import MLP_HIDDEN_SIZE
+from keras_velo.maths.tensor_features import centred_values
+from keras_velo.maths.theta import MLP_HIDDEN_SIZE
+from keras_velo.packed import segments
+from keras_velo.packed.packing import LANES, ChunkIndex, materialize
 
 
 def scatter_columns(sums, channel_map):

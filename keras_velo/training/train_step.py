@@ -31,7 +31,7 @@ import types
 
 import keras
 
-from keras_velo.optimizer import find_velo
+from keras_velo.training.optimizer import find_velo
 
 
 def feed_loss_to_velo(model):

@@ -1,51 +1,32 @@
 """`VeLO`: the learned optimizer as a `keras.optimizers.Optimizer`.
 
-A thin shell around the pure maths in `keras_velo.prefab` /
-`keras_velo.update`: it checks its arguments (`arguments.py`), resolves
-theta (`pretrained.py`), keeps theta and the packed `VeLOState` in Keras
-variables (`state_variables.py`), takes the training loss, calls
-`prefab_update` and writes the results back. Works on JAX (also through
-`stateless_apply`), TensorFlow and PyTorch.
+The Keras shell around the packed update (`keras_velo.packed.prefab`): the
+class reads as the steps of an update and delegates each to its module:
+its arguments (`arguments`), theta from `weights=` (`keras_velo.weights`),
+theta and the packed state in Keras variables (`state_variables`, which
+also records each update's diagnostics), the checks before an update
+(`guards`), the update function, compiled on PyTorch (`update_function`),
+the health checks after it (`health`) and saving (`saving`). Works on JAX
+(also through `stateless_apply`), TensorFlow and PyTorch.
 """
 
 import contextlib
-import functools
-import math
 
 import keras
 import numpy as np
 from keras import ops
 
-from keras_velo import arguments
-from keras_velo.health import check_health_if_eager
-from keras_velo.jax_fit_state import hand_back_jax_fit_state
-from keras_velo.loss_features import loss_ema_decays
-from keras_velo.packing import packed_layout
-from keras_velo.prefab import DEFAULT_MAX_TRAINING_STEPS, Horizon, plan_horizon, prefab_update
-from keras_velo.pretrained import resolve_saved_weights, resolve_weights
-from keras_velo.state_variables import StateVariables
-from keras_velo.state_view import tensor_states
-from keras_velo.theta import CheckpointError, flatten_theta, unflatten_theta
-from keras_velo.theta_by_name import FINGERPRINT_KEY, bundled_fingerprint, fingerprint
-from keras_velo.torch_compile import (
-    compiled_packed_update,
-    compiled_prefab_update,
-    resolve_compile_update,
-)
+from keras_velo.maths.theta import flatten_theta, unflatten_theta
+from keras_velo.packed.packing import packed_layout
+from keras_velo.packed.prefab import DEFAULT_MAX_TRAINING_STEPS, Horizon, plan_horizon
+from keras_velo.packed.state_view import tensor_states
+from keras_velo.training import arguments, guards, saving
+from keras_velo.training.health import check_health_if_eager
+from keras_velo.training.state_variables import StateVariables
+from keras_velo.training.update_function import update_function
+from keras_velo.weights.pretrained import resolve_saved_weights, resolve_weights
 
 DEFAULT_MAX_CONSECUTIVE_SKIPS = 100
-
-MISSING_LOSS_MESSAGE = (
-    "VeLO needs the training loss of every step, and none was given. In "
-    "`model.fit`, pass the callback: `model.fit(..., callbacks=["
-    "keras_velo.VeLOCallback()])` (Keras does not hand the loss to "
-    "optimizers; for `train_on_batch`, call `keras_velo.attach(model)` once "
-    "after `compile`). In a custom training loop, pass it with "
-    "`optimizer.apply(grads, variables, loss=loss)`, "
-    "`optimizer.apply_gradients(zip(grads, variables), loss=loss)` or "
-    "`optimizer.stateless_apply(opt_vars, grads, train_vars, loss=loss)`. "
-    "The model's weights are unchanged."
-)
 
 
 def find_velo(optimizer):
@@ -53,18 +34,6 @@ def find_velo(optimizer):
     while optimizer is not None and not isinstance(optimizer, VeLO):
         optimizer = getattr(optimizer, "inner_optimizer", None)
     return optimizer
-
-
-class SavedWeights:
-    """The `weights=` a restored VeLO is built with (`VeLO.from_config`).
-
-    theta comes back with the saved optimizer variables; `spec`, the
-    original `weights` argument, is only loaded if that needs no download,
-    and an error is raised at the first update if nothing restored theta.
-    """
-
-    def __init__(self, spec):
-        self.spec = spec
 
 
 @keras.saving.register_keras_serializable(package="keras_velo")
@@ -149,7 +118,7 @@ class VeLO(keras.optimizers.Optimizer):
     < 2, diagonal second moments (3); factored second moments per row and
     column of the others; one 512-wide LSTM state row per tensor; the loss
     buffer and counters. All tensors share a few packed variables
-    (`keras_velo.packing`). theta is held in non-trainable variables too,
+    (`keras_velo.packed.packing`). theta is held in non-trainable variables too,
     so saved optimizer state carries the weights it ran with.
     """
 
@@ -183,7 +152,7 @@ class VeLO(keras.optimizers.Optimizer):
         self.compile_update = arguments.compile_choice("compile_update", compile_update)
         self._update_functions = {}
         self._theta_error = None
-        if isinstance(weights, SavedWeights):
+        if isinstance(weights, saving.SavedWeights):
             weights = weights.spec
             theta, self.weights_description, self._theta_error = resolve_saved_weights(
                 weights, seed=seed
@@ -232,7 +201,7 @@ class VeLO(keras.optimizers.Optimizer):
         total_steps = arguments.positive_int("total_steps", total_steps)
         horizon = plan_horizon(total_steps, self.max_training_steps)
         if self.built:
-            done = self._updates_done()
+            done = self._velo.updates_done()
             if done > 0:
                 raise ValueError(
                     "VeLO's horizon can only be set before its first update; this "
@@ -252,11 +221,7 @@ class VeLO(keras.optimizers.Optimizer):
     def _set_horizon(self, horizon):
         self.total_steps, self.horizon = horizon.total_steps, horizon
         if self.built:
-            self._velo.state.num_steps.assign(horizon.velo_steps)
-            self._velo.state.loss_buffer.decays.assign(loss_ema_decays(horizon.velo_steps))
-
-    def _updates_done(self):
-        return int(ops.convert_to_numpy(self._velo.state.iteration.value)) if self.built else 0
+            self._velo.set_horizon_steps(horizon.velo_steps)
 
     def adopt_restored_horizon(self):
         """Makes `total_steps` the horizon held in VeLO's (restored) state; returns it.
@@ -266,9 +231,9 @@ class VeLO(keras.optimizers.Optimizer):
         over one inferred or passed before the restore. No-op (returns
         `total_steps`) before the first update.
         """
-        if self._updates_done() == 0:
+        if not self.built or self._velo.updates_done() == 0:
             return self.total_steps
-        velo_steps = int(ops.convert_to_numpy(self._velo.state.num_steps.value))
+        velo_steps = self._velo.horizon_steps()
         if self.horizon is not None and velo_steps == self.horizon.velo_steps:
             return self.total_steps
         accumulated = 1 if self.horizon is None else self.horizon.num_accumulated
@@ -317,18 +282,14 @@ class VeLO(keras.optimizers.Optimizer):
                     f"Got {len(grads)} gradients for {len(trainable_variables)} "
                     "variables; pass exactly one gradient per variable."
                 )
-        if loss is None and not self._loss_given:
-            self._fail(ValueError(MISSING_LOSS_MESSAGE))
-        self._check_ready()
+        guards.require_loss(loss, self._loss_given)
+        guards.check_ready(self.horizon, self._theta_error)
         if loss is not None:
             self.assign(self.loss_variable, ops.cast(ops.reshape(loss, ()), "float32"))
-        outer, self._loss_given = self._loss_given, True
-        try:
+        with self.loss_fed_by_train_step() as outer:
             result = super().apply(grads, trainable_variables)
-        finally:
-            self._loss_given = outer
-        if not outer:  # called by the user; in fit, VeLOCallback reports (once)
-            self._check_health_if_eager()
+        if not outer and self.built:  # called by the user; in fit, VeLOCallback reports (once)
+            check_health_if_eager(self, self.health_variables())
         return result
 
     def apply_gradients(self, grads_and_vars, loss=None):
@@ -342,47 +303,24 @@ class VeLO(keras.optimizers.Optimizer):
 
         `loss` may be a traced value, so this works under `jax.jit`.
         """
-        if loss is None and not self._loss_given:
-            self._fail(ValueError(MISSING_LOSS_MESSAGE))
-        self._check_ready()
+        guards.require_loss(loss, self._loss_given)
+        guards.check_ready(self.horizon, self._theta_error)
         if loss is not None:
             index = self._get_optimizer_variable_index(self.loss_variable)
             optimizer_variables = list(optimizer_variables)
             optimizer_variables[index] = ops.cast(ops.reshape(loss, ()), "float32")
-        outer, self._loss_given = self._loss_given, True
-        try:
+        with self.loss_fed_by_train_step():
             return super().stateless_apply(optimizer_variables, grads, trainable_variables)
-        finally:
-            self._loss_given = outer
-
-    def _check_ready(self):
-        if self.horizon is None:
-            self._fail(ValueError(
-                "VeLO does not know how many steps training will run: pass "
-                "VeLO(total_steps=...), or train with `model.fit(..., callbacks="
-                "[keras_velo.VeLOCallback()])`, which infers it from epochs x "
-                "batches per epoch. The model's weights are unchanged."
-            ))
-        if self._theta_error is not None:
-            error = CheckpointError(
-                "VeLO was restored from a config without its saved variables, "
-                f"and its weights could not be loaded: {self._theta_error}"
-            )
-            error.__cause__ = self._theta_error
-            self._fail(error)
-
-    @staticmethod
-    def _fail(error):
-        """Raises `error`, first letting Keras' JAX `fit` put the model's variables back."""
-        hand_back_jax_fit_state()
-        raise error
 
     @contextlib.contextmanager
     def loss_fed_by_train_step(self):
-        """Within it, updates take the loss a train step wrote into `loss_variable`."""
+        """Within it, updates take the loss already in `loss_variable`.
+
+        Yields whether one was already fed by an outer caller (a train step).
+        """
         outer, self._loss_given = self._loss_given, True
         try:
-            yield
+            yield outer
         finally:
             self._loss_given = outer
 
@@ -400,15 +338,6 @@ class VeLO(keras.optimizers.Optimizer):
             )
         fraction = min(max(float(seconds), 0.0) / self.time_budget, 1.0)
         self.fraction_variable.assign(np.float32(fraction))
-
-    def _check_health_if_eager(self):
-        """Warns on skipped updates and raises after too many in a row (eager only).
-
-        Compiled training loops (fit) are watched by `keras_velo.VeLOCallback`
-        instead, after every batch.
-        """
-        if self.built:
-            check_health_if_eager(self, self.health_variables())
 
     def _get_optimizer_variable_index(self, variable):
         for i, v in enumerate(self.variables):
@@ -443,8 +372,12 @@ class VeLO(keras.optimizers.Optimizer):
         active = None if len(set(indices)) == len(all_grads) else tuple(
             g is not None for g in all_grads
         )
-        fraction = self.fraction_variable.value if self.time_budget is not None else None
-        new_params, new_state, new_accumulation, diagnostics = self._update_function(active)(
+        key = (active, self.horizon)
+        if key not in self._update_functions:
+            self._update_functions[key] = update_function(
+                self._layout, self._weight_decays, self.horizon, active, self.compile_update
+            )
+        new_params, new_state, new_accumulation, diagnostics = self._update_functions[key](
             velo.theta_values(),
             velo.read(velo.state),
             [v.value for v in self._trainable_variables],
@@ -452,125 +385,38 @@ class VeLO(keras.optimizers.Optimizer):
             self.loss_variable.value,
             accumulation=velo.read(velo.accumulation),
             step_scale=ops.cast(learning_rate, "float32"),
-            fraction_trained=fraction,
+            fraction_trained=(self.fraction_variable.value if self.time_budget is not None
+                              else None),
         )
         for i in indices:
             self.assign(self._trainable_variables[i], new_params[i])
         velo.assign(velo.state, new_state)
         if velo.accumulation is not None:
             velo.assign(velo.accumulation, new_accumulation)
-        self._record(diagnostics, active)
-
-    def _update_function(self, active):
-        """`prefab_update` with this optimizer's settings; compiled on PyTorch (`torch_compile`).
-
-        Called as `f(theta, state, params, grads, loss, accumulation=...,
-        step_scale=..., fraction_trained=...)`.
-        """
-        key = (active, self.horizon)
-        if key in self._update_functions:
-            return self._update_functions[key]
-        num_accumulated = self.horizon.num_accumulated
-        settings = dict(weight_decays=self._weight_decays, num_accumulated=num_accumulated,
-                        active=active)
-        eager = functools.partial(prefab_update, **settings)
-        num_parameters = sum(math.prod(shape) for shape in self._layout.shapes)
-        if not resolve_compile_update(
-            self.compile_update, num_parameters, self.horizon.velo_steps
-        ):
-            self._update_functions[key] = eager
-            return eager
-        strict = self.compile_update is True
-        if num_accumulated == 1:
-            function = compiled_prefab_update(self._layout, self._weight_decays, active, strict)
-        else:  # the accumulation's conditional stays eager, the update inside is compiled
-            function = functools.partial(
-                eager, core=compiled_packed_update(self._layout, active, True, strict)
-            )
-        self._update_functions[key] = function
-        return function
-
-    def _record(self, diagnostics, active):
-        """Keeps the last update's diagnostics and the skip counters in variables."""
-        velo = self._velo
-        skipped = ops.cast(diagnostics.skipped, "int32")
-        self.assign(velo.skipped_steps, velo.skipped_steps.value + skipped)
-        self.assign(velo.consecutive_skips, (velo.consecutive_skips.value + 1) * skipped)
-        loss_finite = ops.isfinite(self.loss_variable.value)
-        cause = ops.where(
-            ops.logical_not(loss_finite), 1, ops.where(diagnostics.gradients_finite, 3, 2)
-        )
-        self.assign(velo.last_skip_cause, ops.cast(cause, "int32") * skipped)
-        self.assign(velo.last_fraction, diagnostics.fraction_trained)
-        self.assign(velo.last_loss_features, diagnostics.loss_features)
-        for variable, value in ((velo.last_lr_mult, diagnostics.lr_mult),
-                                (velo.last_step_rms, diagnostics.step_rms)):
-            if active is not None:
-                value = ops.where(ops.convert_to_tensor(active), value, variable.value)
-            self.assign(variable, value)
+        velo.record(diagnostics, active, self.loss_variable.value)
 
     # ------------------------------------------------------------------ saving
 
-    def _theta_fingerprint(self):
-        return fingerprint(
-            {p: ops.convert_to_numpy(v.value) for p, v in self._velo.theta.items()}
-        )
-
-    def _saves_theta_by_name(self):
-        """The fingerprint if theta is the unmodified bundled one (saved by name), else None."""
-        if self.weights_spec != "bundled" or not self.built:
-            return None
-        value = self._theta_fingerprint()
-        return value if bytes(value) == bundled_fingerprint() else None
-
     def save_own_variables(self, store):
-        """Keras' saving; the bundled theta is written as a fingerprint (`theta_by_name.py`)."""
-        by_name = self._saves_theta_by_name()
-        if by_name is None:
-            return super().save_own_variables(store)
-        theta_ids = {id(v) for v in self._velo.theta.values()}
-        for i, variable in enumerate(self.variables):
-            if id(variable) not in theta_ids:
-                store[str(i)] = variable.numpy()
-        store[FINGERPRINT_KEY] = by_name
+        """Keras' saving; the bundled theta is written as a fingerprint (`saving`)."""
+        saving.save_variables(
+            store, self.variables, self._velo.theta if self.built else None,
+            by_name=self.weights_spec == "bundled", save_all=super().save_own_variables,
+        )
 
     def load_own_variables(self, store):
         """Keras' loading; a theta saved by name is checked against the installed bundled one."""
-        saved_count = len(store.keys())
-        if self.built and saved_count == self._variables_before_build < len(self.variables):
-            # Saved before VeLO was built (on TensorFlow it builds inside the
-            # first traced step, so a model saved after an error in that step):
-            # no VeLO state was saved, only the counters created with it.
-            for i in range(saved_count):
-                self.variables[i].assign(store[str(i)])
-            return
-        if FINGERPRINT_KEY not in store.keys():
-            super().load_own_variables(store)
+        if saving.load_variables(
+            store, self.variables, self._velo.theta if self.built else None,
+            super().load_own_variables, self._variables_before_build,
+        ):
             self._theta_error = None  # theta came back with the saved variables
-            return
-        saved = bytes(np.asarray(store[FINGERPRINT_KEY], np.uint8))
-        if not self.built or bytes(self._theta_fingerprint()) != saved:
-            raise CheckpointError(
-                "This VeLO optimizer was saved with weights='bundled' by name (SHA-256 "
-                f"{saved.hex()[:16]}...), but the bundled weights installed here differ "
-                f"({bundled_fingerprint().hex()[:16]}...): it was saved with another "
-                "version of keras-velo. Install that version to resume exactly, or "
-                "load the model with `compile=False` and compile it with a new VeLO."
-            )
-        theta_ids = {id(v) for v in self._velo.theta.values()}
-        for i, variable in enumerate(self.variables):
-            if id(variable) not in theta_ids:
-                variable.assign(store[str(i)])
-        self._theta_error = None
+
+    # ------------------------------------------------------------- diagnostics
 
     def health_variables(self):
         """`{name: variable}` of the counters the `fit` guard watches (after `build`)."""
-        return {
-            "consecutive_skips": self._velo.consecutive_skips,
-            "skipped_steps": self._velo.skipped_steps,
-            "skip_cause": self._velo.last_skip_cause,
-            "iteration": self._velo.state.iteration,
-        }
+        return self._velo.health_variables()
 
     @property
     def skipped_steps(self):
@@ -585,18 +431,8 @@ class VeLO(keras.optimizers.Optimizer):
         and the root mean square of the step it took), `iteration`,
         `skipped_steps`, `consecutive_skips`, `variable_paths`.
         """
-        velo = self._velo
-        value = lambda v: ops.convert_to_numpy(v.value)  # noqa: E731
-        return {
-            "fraction_trained": float(value(velo.last_fraction)),
-            "loss_features": value(velo.last_loss_features).tolist(),
-            "lr_mult": value(velo.last_lr_mult).tolist(),
-            "step_rms": value(velo.last_step_rms).tolist(),
-            "iteration": int(value(velo.state.iteration)),
-            "skipped_steps": int(value(velo.skipped_steps)),
-            "consecutive_skips": int(value(velo.consecutive_skips)),
-            "variable_paths": [v.path for v in self._trainable_variables],
-        }
+        return {**self._velo.last_update(),
+                "variable_paths": [v.path for v in self._trainable_variables]}
 
     # ------------------------------------------------------------------ config
 
@@ -608,7 +444,7 @@ class VeLO(keras.optimizers.Optimizer):
             config["learning_rate"] = keras.saving.deserialize_keras_object(
                 config["learning_rate"], custom_objects=custom_objects
             )
-        config["weights"] = SavedWeights(config.get("weights"))
+        config["weights"] = saving.SavedWeights(config.get("weights"))
         return cls(**config)
 
     def get_config(self):

@@ -10,7 +10,11 @@ Dense layers compute `x @ w + b` with `w` laid out `[in, out]`.
 
 from keras import ops
 
-from keras_velo.theta import MLP_HIDDEN_SIZE, MLP_INPUT_GROUP_WIDTHS, MLP_OUTPUT_SIZE
+from keras_velo.maths.theta import (
+    MLP_HIDDEN_SIZE,
+    MLP_INPUT_GROUP_WIDTHS,
+    MLP_OUTPUT_SIZE,
+)
 
 LSTM_FORGET_BIAS = 1.0
 MLP_WEIGHT_MIX_SCALE = 100.0

@@ -20,10 +20,10 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_velo import segments
-from keras_velo.packing import pack, packed_layout, unpack
-from keras_velo.structured_cond import structured_cond
-from keras_velo.update import StepDiagnostics, packed_update, to_tensors
+from keras_velo.packed import segments
+from keras_velo.packed.packing import pack, packed_layout, unpack
+from keras_velo.packed.structured_cond import structured_cond
+from keras_velo.packed.update import StepDiagnostics, packed_update, to_tensors
 
 DEFAULT_MAX_TRAINING_STEPS = 150_000
 
@@ -58,7 +58,7 @@ class GradientAccumulation(NamedTuple):
     """Running sums between VeLO updates (only when `num_accumulated > 1`).
 
     Fields: `grad_sums` (packed `(factored, diagonal)` buffers, see
-    `keras_velo.packing`), `loss_sum` `[]` float32, `count` `[]` int32 (calls
+    `keras_velo.packed.packing`), `loss_sum` `[]` float32, `count` `[]` int32 (calls
     so far, never reset).
     """
 

@@ -38,8 +38,8 @@ def fingerprint(flat_theta):
 @functools.lru_cache(maxsize=1)
 def bundled_fingerprint():
     """The fingerprint of the bundled weights installed with this package."""
-    from keras_velo.pretrained import resolve_weights
-    from keras_velo.theta import flatten_theta
+    from keras_velo.maths.theta import flatten_theta
+    from keras_velo.weights.pretrained import resolve_weights
 
     theta, _ = resolve_weights("bundled")
     return bytes(fingerprint(flatten_theta(theta)))

@@ -4,7 +4,7 @@ The Keras way in is the callback, `model.fit(..., callbacks=[
 keras_velo.VeLOCallback()])`. `attach` is for code that calls `fit` or
 `train_on_batch` where you cannot add a callback (a training script you
 do not own, a benchmark harness): it installs the loss-feeding train step
-on the instance at once (`keras_velo.train_step`) and makes that
+on the instance at once (`keras_velo.training.train_step`) and makes that
 instance's `fit` add a `VeLOCallback` when none is given.
 
 ```python
@@ -22,9 +22,9 @@ that is recompiled with another optimizer trains as Keras would.
 import inspect
 import types
 
-from keras_velo.callbacks import VeLOCallback
-from keras_velo.optimizer import find_velo
-from keras_velo.train_step import feed_loss_to_velo
+from keras_velo.training.callbacks import VeLOCallback
+from keras_velo.training.optimizer import find_velo
+from keras_velo.training.train_step import feed_loss_to_velo
 
 
 def attach(model):

@@ -50,7 +50,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_velo.accumulators import factored_dims
+from keras_velo.maths.accumulators import factored_dims
 
 LANES = 16
 FACTORED_CHUNK_ROWS = 16

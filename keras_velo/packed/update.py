@@ -6,7 +6,7 @@ is an argument, so evolution strategies can perturb it (they work under
 `jax.jit` and `jax.vmap` over thetas).
 
 All tensors are updated together in the packed layout of
-`keras_velo.packing`, so the traced program has the same size whatever the
+`keras_velo.packed.packing`, so the traced program has the same size whatever the
 number of tensors (beyond a few reshapes per tensor to pack and unpack).
 The passes over the parameters (`region_step.RegionStep`):
 
@@ -25,7 +25,7 @@ same for float32 parameters).
 Example (any backend; arrays may be numpy, they are converted):
 
 >>> from keras_velo import init_theta
->>> from keras_velo.update import init_state, velo_update
+>>> from keras_velo.packed.update import init_state, velo_update
 >>> theta = init_theta(seed=0)
 >>> params = [np.ones((3, 2), np.float32), np.zeros((2,), np.float32)]
 >>> state = init_state(theta, [p.shape for p in params], num_steps=100)
@@ -40,23 +40,32 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_velo.accumulators import Accumulators
-from keras_velo.hypernetwork import (
+from keras_velo.maths.accumulators import Accumulators
+from keras_velo.maths.hypernetwork import (
     control_heads,
     lstm_step,
     mix_mlp_weights,
     mix_tensor_features,
 )
-from keras_velo.loss_features import init_loss_buffer, loss_features, update_loss_buffer
-from keras_velo.packing import LANES, pack, packed_layout, unpack
-from keras_velo.parameter_mlp import LANE_TABLE_CHANNELS, NUM_CHANNELS, ROW_TABLE_CHANNELS, normalizers
-from keras_velo.region_step import RegionStep
-from keras_velo.tensor_features import (
+from keras_velo.maths.loss_features import (
+    init_loss_buffer,
+    loss_features,
+    update_loss_buffer,
+)
+from keras_velo.maths.parameter_mlp import (
+    LANE_TABLE_CHANNELS,
+    NUM_CHANNELS,
+    ROW_TABLE_CHANNELS,
+    normalizers,
+)
+from keras_velo.maths.tensor_features import (
     element_means,
     fraction_features,
     stack_lstm_inputs,
     tensor_statistics_features,
 )
+from keras_velo.packed.packing import LANES, pack, packed_layout, unpack
+from keras_velo.packed.region_step import RegionStep
 
 PARAM_SCALE_EPSILON = 1e-9
 
@@ -75,7 +84,7 @@ class VeLOState(NamedTuple):
         lstm_hidden: `[N, H]` float32, one LSTM state row per tensor.
         lstm_cell: `[N, H]` float32.
 
-    `keras_velo.state_view.tensor_states` shows it per tensor.
+    `keras_velo.packed.state_view.tensor_states` shows it per tensor.
     """
 
     iteration: object

@@ -1,6 +1,6 @@
 """Moving values between the elements of a packed region, its tables and its tensors.
 
-A region (`keras_velo.packing`) is `[chunks, rows, lanes]`; each chunk holds
+A region (`keras_velo.packed.packing`) is `[chunks, rows, lanes]`; each chunk holds
 one tensor, each row one piece of a run. The four directions VeLO needs:
 
 * elements -> tensors: `tensor_sums(region, chunk_sums(values))`, sums of
@@ -41,7 +41,6 @@ def reduce_sums(values, axes, groups=None):
     """
     if keras.backend.backend() != "jax":
         return [ops.sum(v, axis=tuple(axes)) for v in values]
-    import jax
 
     if groups is None:
         groups = [list(range(i, min(i + _VARIADIC_GROUP, len(values))))
@@ -94,7 +93,7 @@ def segment_sum(data, segment_ids, num_segments):
 
     On PyTorch an `index_add` rather than Keras' `segment_sum`, whose
     `repeat_interleave` has a data-dependent output shape that
-    `keras_velo.torch_compile` cannot trace into a graph.
+    `keras_velo.packed.torch_compile` cannot trace into a graph.
     """
     if keras.backend.backend() != "torch":
         return ops.segment_sum(data, segment_ids, num_segments=num_segments)

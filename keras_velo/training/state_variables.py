@@ -5,7 +5,9 @@ saves, restores and, on JAX, threads them through `stateless_apply`), one
 variable per field of `VeLOState` (the packed layout keeps their number
 independent of the model's), one per theta leaf, plus the gradient
 accumulation sums and the last update's diagnostics. `read` and `assign`
-turn them into the pure functions' structures and back.
+turn them into the pure functions' structures and back; `record` keeps an
+update's diagnostics and skip counters; the horizon VeLO is told is
+written here too.
 
 Initial values go in through initializers, never `assign`: on TensorFlow,
 `build` may run inside the first traced train step, where an assign would
@@ -16,12 +18,12 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_velo.accumulators import Accumulators
-from keras_velo.loss_features import RUNNING_MIN_INIT, LossBuffer, loss_ema_decays
-from keras_velo.packing import LANES
-from keras_velo.prefab import GradientAccumulation
-from keras_velo.theta import leaf_name, theta_shapes, unflatten_theta
-from keras_velo.update import VeLOState
+from keras_velo.maths.accumulators import Accumulators
+from keras_velo.maths.loss_features import RUNNING_MIN_INIT, LossBuffer, loss_ema_decays
+from keras_velo.maths.theta import leaf_name, theta_shapes, unflatten_theta
+from keras_velo.packed.packing import LANES
+from keras_velo.packed.prefab import GradientAccumulation
+from keras_velo.packed.update import VeLOState
 
 # VeLO's state stays float32 whatever the parameters' dtype (the reference
 # stores it in the parameter dtype; identical for float32 parameters).
@@ -152,3 +154,67 @@ class StateVariables:
         for variable, value in zip(keras.tree.flatten(variables), keras.tree.flatten(values)):
             if variable is not None and variable is not self.state.num_steps:
                 self._optimizer.assign(variable, value)
+
+    # ---------------------------------------------------------------- horizon
+
+    def updates_done(self):
+        """VeLO updates made so far (read eagerly)."""
+        return int(ops.convert_to_numpy(self.state.iteration.value))
+
+    def horizon_steps(self):
+        """The `num_steps` VeLO is told (read eagerly)."""
+        return int(ops.convert_to_numpy(self.state.num_steps.value))
+
+    def set_horizon_steps(self, velo_steps):
+        """Tells VeLO a new horizon: `num_steps` and the loss averages' decays."""
+        self.state.num_steps.assign(velo_steps)
+        self.state.loss_buffer.decays.assign(loss_ema_decays(velo_steps))
+
+    # ------------------------------------------------------------ diagnostics
+
+    def record(self, diagnostics, active, loss):
+        """Keeps an update's `StepDiagnostics` and the skip counters.
+
+        `active` (None or one bool per tensor) keeps the last values of
+        tensors left out of the update; `loss` is the loss it was given
+        (why it was skipped: `health.SKIP_CAUSES`).
+        """
+        assign = self._optimizer.assign
+        skipped = ops.cast(diagnostics.skipped, "int32")
+        assign(self.skipped_steps, self.skipped_steps.value + skipped)
+        assign(self.consecutive_skips, (self.consecutive_skips.value + 1) * skipped)
+        cause = ops.where(
+            ops.logical_not(ops.isfinite(loss)),
+            1,
+            ops.where(diagnostics.gradients_finite, 3, 2),
+        )
+        assign(self.last_skip_cause, ops.cast(cause, "int32") * skipped)
+        assign(self.last_fraction, diagnostics.fraction_trained)
+        assign(self.last_loss_features, diagnostics.loss_features)
+        for variable, value in ((self.last_lr_mult, diagnostics.lr_mult),
+                                (self.last_step_rms, diagnostics.step_rms)):
+            if active is not None:
+                value = ops.where(ops.convert_to_tensor(active), value, variable.value)
+            assign(variable, value)
+
+    def health_variables(self):
+        """`{name: variable}` of the counters the `fit` guard watches."""
+        return {
+            "consecutive_skips": self.consecutive_skips,
+            "skipped_steps": self.skipped_steps,
+            "skip_cause": self.last_skip_cause,
+            "iteration": self.state.iteration,
+        }
+
+    def last_update(self):
+        """What the last update recorded, as plain Python values (`VeLO.diagnostics`)."""
+        value = lambda v: ops.convert_to_numpy(v.value)  # noqa: E731
+        return {
+            "fraction_trained": float(value(self.last_fraction)),
+            "loss_features": value(self.last_loss_features).tolist(),
+            "lr_mult": value(self.last_lr_mult).tolist(),
+            "step_rms": value(self.last_step_rms).tolist(),
+            "iteration": int(value(self.state.iteration)),
+            "skipped_steps": int(value(self.skipped_steps)),
+            "consecutive_skips": int(value(self.consecutive_skips)),
+        }

@@ -42,7 +42,7 @@ import sys
 import threading
 import warnings
 
-from keras_velo.update import packed_update
+from keras_velo.packed.update import packed_update
 
 ENVIRONMENT_SWITCH = "KERAS_VELO_TORCH_COMPILE"
 _CACHE_SIZE = 16
@@ -164,7 +164,7 @@ def compiled_prefab_update(layout, weight_decays, active, strict=False):
     settings bound (`accumulation` is None without accumulation); returns
     what it returns.
     """
-    from keras_velo.prefab import prefab_update
+    from keras_velo.packed.prefab import prefab_update
 
     weight_decays = None if weight_decays is None else tuple(float(w) for w in weight_decays)
 

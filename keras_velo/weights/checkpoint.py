@@ -41,7 +41,7 @@ from collections.abc import Mapping
 import msgpack
 import numpy as np
 
-from keras_velo.theta import (
+from keras_velo.maths.theta import (
     CheckpointError,
     ThetaError,
     flatten_theta,

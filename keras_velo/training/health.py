@@ -157,7 +157,7 @@ def report_replayed_batches(optimizer, epoch, replayed, extended):
 
 _LIBRARY_DIRS = tuple(
     os.path.dirname(os.path.abspath(module.__file__)) + os.sep for module in (keras,)
-) + (os.path.dirname(os.path.abspath(__file__)) + os.sep,)
+) + (os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep,)  # keras_velo/
 
 
 def _user_stacklevel():

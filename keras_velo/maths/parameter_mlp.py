@@ -40,8 +40,8 @@ How it is computed, for all tensors of a region at once:
 
 from keras import ops
 
-from keras_velo.accumulators import diagonal_factor
-from keras_velo.theta import MLP_HIDDEN_SIZE
+from keras_velo.maths.accumulators import diagonal_factor
+from keras_velo.maths.theta import MLP_HIDDEN_SIZE
 
 MLP_INPUT_GROUP_NAMES = (
     "g",

@@ -1,6 +1,6 @@
 """VeLO's packed state seen per tensor, in the reference's shapes (numpy).
 
-`VeLOState` keeps all tensors together (`keras_velo.packing`); this module
+`VeLOState` keeps all tensors together (`keras_velo.packed.packing`); this module
 converts it to and from one `TensorState` per tensor, with the
 reference's shapes (decay axis first, see `accumulators.accumulator_shapes`):
 for diagnostics, checkpoints from other tools, and the golden tests.
@@ -15,8 +15,8 @@ from typing import NamedTuple
 import numpy as np
 from keras import ops
 
-from keras_velo.accumulators import Accumulators, accumulator_shapes
-from keras_velo.packing import LANES, pack, packed_layout, unpack
+from keras_velo.maths.accumulators import Accumulators, accumulator_shapes
+from keras_velo.packed.packing import LANES, pack, packed_layout, unpack
 
 
 class TensorState(NamedTuple):

@@ -34,13 +34,17 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from keras_velo.checkpoint import PARAMS_FILENAME, _create_temp_beside, read_checkpoint
-from keras_velo.theta import (
+from keras_velo.maths.theta import (
     CheckpointError,
     flatten_theta,
     init_theta,
     unflatten_theta,
     validate_theta,
+)
+from keras_velo.weights.checkpoint import (
+    PARAMS_FILENAME,
+    _create_temp_beside,
+    read_checkpoint,
 )
 
 _CHUNK_BYTES = 1 << 20

@@ -12,14 +12,14 @@ import time
 import keras
 import numpy as np
 
-from keras_velo.health import (
+from keras_velo.training.health import (
     check_dropped_updates,
     check_horizon,
     check_skips,
     report_replayed_batches,
 )
-from keras_velo.optimizer import find_velo
-from keras_velo.train_step import feed_loss_to_velo
+from keras_velo.training.optimizer import find_velo
+from keras_velo.training.train_step import feed_loss_to_velo
 
 
 def infer_total_steps(params, gradient_accumulation_steps=None):
@@ -49,7 +49,7 @@ class VeLOCallback(keras.callbacks.Callback):
     * The loss: when Keras hands it the model (before the train function
       is built), it installs a train step on that model instance that
       writes each batch's unscaled mean loss into VeLO right before the
-      update (`keras_velo.train_step`). Nothing is saved with the model:
+      update (`keras_velo.training.train_step`). Nothing is saved with the model:
       after `keras.saving.load_model`, passing the callback to `fit` again
       is all it takes. The step stays on the instance, so later
       `train_on_batch` calls feed the loss too.
