@@ -35,7 +35,7 @@ class AutoencoderConfig(TaskConfig):
 
     def validate(self):
         check_positive_ints(self, "image_size", "encoder_sizes", "bottleneck")
-        check_choice(self, "activation", blocks.ACTIVATIONS)
+        check_choice(self, "activation", blocks.ALL_ACTIVATIONS)
         check_choice(self, "initializer", blocks.INITIALIZERS)
         check_choice(self, "loss", losses.RECONSTRUCTION_LOSSES)
 

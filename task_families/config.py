@@ -41,7 +41,7 @@ class TaskConfig:
         self.validate()
 
     def modalities(self):
-        """The kinds of data the family reads: a tuple of "image", "vector", "text"."""
+        """The kinds of data the family reads: a tuple of "image", "vector", "text", "table"."""
         raise NotImplementedError
 
     def validate(self):

@@ -44,7 +44,7 @@ class ImageCNNConfig(TaskConfig):
         check_choice(self, "channels", (1, 3))
         check_non_negative_int(self, "padding")
         check_choice(self, "pooling", POOLINGS)
-        check_choice(self, "activation", blocks.ACTIVATIONS)
+        check_choice(self, "activation", blocks.ALL_ACTIVATIONS)
         check_choice(self, "initializer", blocks.INITIALIZERS)
         check_choice(self, "normalization", blocks.NORMALIZATIONS)
         check_choice(self, "loss", losses.CLASSIFICATION_LOSSES)

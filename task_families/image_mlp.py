@@ -41,7 +41,7 @@ class ImageMLPConfig(TaskConfig):
         if info.modality == "image":
             check_positive_ints(self, "image_size")
         check_positive_ints(self, "hidden_sizes")
-        check_choice(self, "activation", blocks.ACTIVATIONS)
+        check_choice(self, "activation", blocks.ALL_ACTIVATIONS)
         check_choice(self, "initializer", blocks.INITIALIZERS)
         check_choice(self, "normalization", ("none", "layer"))
         check_choice(self, "loss", losses.CLASSIFICATION_LOSSES)

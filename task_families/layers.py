@@ -8,7 +8,10 @@ a given backend without touching Keras' global random state.
 import keras
 from keras import layers, ops
 
-ACTIVATIONS = ("relu", "gelu", "tanh", "silu", "elu")
+ACTIVATIONS = ("relu", "gelu", "tanh", "silu", "elu")  # what the samplers draw (fixed: samples depend on it)
+# Accepted by every family but never sampled: out-of-distribution meta-validation uses them.
+UNSAMPLED_ACTIVATIONS = ("leaky_relu", "softplus")
+ALL_ACTIVATIONS = ACTIVATIONS + UNSAMPLED_ACTIVATIONS
 INITIALIZERS = ("glorot_uniform", "he_normal", "lecun_normal", "glorot_normal")
 NORMALIZATIONS = ("none", "batch", "layer")
 
@@ -59,16 +62,18 @@ class PositionEmbedding(layers.Layer):
         return x + self.table[None, : ops.shape(x)[1]]
 
 
-class CausalSelfAttention(layers.Layer):
-    """Multi-head causal self-attention on `[batch, time, dim]`, from four Dense projections.
+class SelfAttention(layers.Layer):
+    """Multi-head self-attention on `[batch, time, dim]`, from four Dense projections.
 
+    `causal=True` masks attention to later positions (language models).
     Written out (rather than `keras.layers.MultiHeadAttention`) so each
     projection gets its own seeded initializer.
     """
 
-    def __init__(self, num_heads, initializers, **kwargs):
+    def __init__(self, num_heads, initializers, causal=False, **kwargs):
         super().__init__(**kwargs)
         self.num_heads = num_heads
+        self.causal = causal
         self._initializers = initializers
 
     def build(self, input_shape):
@@ -91,11 +96,35 @@ class CausalSelfAttention(layers.Layer):
 
         q, k, v = heads(self.query(x)), heads(self.key_proj(x)), heads(self.value(x))
         scores = ops.matmul(q, ops.transpose(k, (0, 1, 3, 2))) / (head_dim**0.5)
-        causal = ops.tril(ops.ones((time, time), dtype="bool"))
-        scores = ops.where(causal[None, None], scores, ops.full_like(scores, -1e9))
+        if self.causal:
+            causal = ops.tril(ops.ones((time, time), dtype="bool"))
+            scores = ops.where(causal[None, None], scores, ops.full_like(scores, -1e9))
         attended = ops.matmul(ops.softmax(scores, axis=-1), v)
         merged = ops.reshape(ops.transpose(attended, (0, 2, 1, 3)), (batch, time, dim))
         return self.output_proj(merged)
+
+
+class CausalSelfAttention(SelfAttention):
+    """`SelfAttention` with the causal mask (each position sees itself and earlier ones)."""
+
+    def __init__(self, num_heads, initializers, **kwargs):
+        super().__init__(num_heads, initializers, causal=True, **kwargs)
+
+
+class ClassToken(layers.Layer):
+    """Prepends one learned `[dim]` token to `[batch, time, dim]` inputs (ViT's class token)."""
+
+    def __init__(self, initializer, **kwargs):
+        super().__init__(**kwargs)
+        self.initializer = initializer
+
+    def build(self, input_shape):
+        self.token = self.add_weight(shape=(1, 1, input_shape[-1]), initializer=self.initializer,
+                                     name="token")
+
+    def call(self, x):
+        token = ops.broadcast_to(self.token, (ops.shape(x)[0], 1, x.shape[-1]))
+        return ops.concatenate([ops.cast(token, x.dtype), x], axis=1)
 
 
 class GaussianSample(layers.Layer):

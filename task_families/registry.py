@@ -1,12 +1,29 @@
 """The family registry and the entry points built on it."""
 
-from task_families import autoencoder, image_cnn, image_mlp, resnet, rnn_lm, transformer_lm, vae
+from task_families import (
+    autoencoder,
+    gpt_lm,
+    image_cnn,
+    image_mlp,
+    residual_net,
+    resnet,
+    rnn_lm,
+    tabular,
+    transformer_lm,
+    vae,
+    vit,
+)
 from task_families.config import TaskConfig
 
 FAMILIES = {
     module.FAMILY.name: module.FAMILY
-    for module in (image_mlp, image_cnn, resnet, transformer_lm, rnn_lm, autoencoder, vae)
+    for module in (image_mlp, image_cnn, resnet, transformer_lm, rnn_lm, autoencoder, vae,
+                   residual_net, vit, gpt_lm, tabular)
 }
+# The seven families of the first suites (canonical-cpu-v1, cpu-valid-v1); the
+# last four (branch-normalised residual nets, ViTs, GPT-style LMs with either
+# norm placement, tables) widen meta-training to where unseen models broke.
+FIRST_FAMILIES = ("image_mlp", "image_cnn", "resnet", "transformer_lm", "rnn_lm", "autoencoder", "vae")
 
 
 def family_of(config):

@@ -41,7 +41,7 @@ class ResNetConfig(TaskConfig):
     def validate(self):
         check_positive_ints(self, "image_size", "base_width", "num_stages", "blocks_per_stage")
         check_non_negative_int(self, "padding")
-        check_choice(self, "activation", blocks.ACTIVATIONS)
+        check_choice(self, "activation", blocks.ALL_ACTIVATIONS)
         check_choice(self, "initializer", blocks.INITIALIZERS)
         check_choice(self, "normalization", blocks.NORMALIZATIONS)
         check_choice(self, "loss", losses.CLASSIFICATION_LOSSES)

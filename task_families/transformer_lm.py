@@ -1,10 +1,14 @@
 """Transformer language-model family: byte embedding + learned positions -> pre-LN decoder blocks -> bytes.
 
 Each block is `x + attention(LN(x))` then `x + MLP(LN(x))` with causal
-multi-head self-attention (Vaswani et al., 2017; GPT-2 layout). Next-byte
-prediction on `python_stdlib` (or a `tfds:` text set). Samples sequence
-length 32-128, width 32-128, heads, depth 1-3, MLP ratio, activation,
-initializer and batch size.
+multi-head self-attention (Vaswani et al., 2017; GPT-2 layout), and a final
+LayerNorm before the output layer. Next-byte prediction on `python_stdlib`
+(or a `tfds:` text set). Samples sequence length 32-128, width 32-128,
+heads, depth 1-3, MLP ratio, activation, initializer and batch size.
+
+`norm_position="post"` builds the original Transformer's blocks instead,
+`LN(x + attention(x))` then `LN(x + MLP(x))`, with no final LayerNorm; this
+family never samples it (`task_families.gpt_lm` does).
 """
 
 import dataclasses
@@ -21,6 +25,7 @@ from task_families.task import Task
 from task_families.text import VOCAB_SIZE
 
 NAME = "transformer_lm"
+NORM_POSITIONS = ("pre", "post")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,6 +39,7 @@ class TransformerLMConfig(TaskConfig):
     mlp_ratio: int = 4
     activation: str = "gelu"
     initializer: str = "glorot_uniform"
+    norm_position: str = "pre"  # "pre" (GPT-2) or "post" (Vaswani et al., 2017)
 
     def modalities(self):
         return ("text",)
@@ -44,8 +50,9 @@ class TransformerLMConfig(TaskConfig):
             raise ValueError(
                 f"TransformerLMConfig: model_dim {self.model_dim} must be divisible by num_heads {self.num_heads}."
             )
-        check_choice(self, "activation", blocks.ACTIVATIONS)
+        check_choice(self, "activation", blocks.ALL_ACTIVATIONS)
         check_choice(self, "initializer", blocks.INITIALIZERS)
+        check_choice(self, "norm_position", NORM_POSITIONS)
 
     def forward_flops(self):
         d, t = self.model_dim, self.sequence_length
@@ -84,20 +91,36 @@ def language_model_data(config):
     )
 
 
+def transformer_block(x, attention, config, init):
+    """One block: attention then MLP, each residual, normalised before (pre) or after (post).
+
+    Reads `config.norm_position`, `mlp_ratio` and `activation`; the width is `x`'s.
+    """
+    width = x.shape[-1]
+
+    def mlp(h):
+        h = layers.Dense(config.mlp_ratio * width, kernel_initializer=init())(h)
+        return layers.Dense(width, kernel_initializer=init())(layers.Activation(config.activation)(h))
+
+    for sublayer in (attention, mlp):
+        if config.norm_position == "pre":
+            x = x + sublayer(layers.LayerNormalization()(x))
+        else:
+            x = layers.LayerNormalization()(x + sublayer(x))
+    return x
+
+
 def build(config):
     init = blocks.SeededInitializers(config.init_seed, config.initializer)
     tokens = keras.Input((config.sequence_length,), dtype="int32")
     x = layers.Embedding(VOCAB_SIZE, config.model_dim, embeddings_initializer=init("random_normal"))(tokens)
     x = blocks.PositionEmbedding(config.sequence_length, init("random_normal"))(x)
     for _ in range(config.num_layers):
-        x = x + blocks.CausalSelfAttention(config.num_heads, init)(layers.LayerNormalization()(x))
-        h = layers.Dense(config.mlp_ratio * config.model_dim, kernel_initializer=init())(
-            layers.LayerNormalization()(x)
-        )
-        h = layers.Dense(config.model_dim, kernel_initializer=init())(layers.Activation(config.activation)(h))
-        x = x + h
-    logits = layers.Dense(VOCAB_SIZE, kernel_initializer=init())(layers.LayerNormalization()(x))
-    model = keras.Model(tokens, logits, name=NAME)
+        x = transformer_block(x, blocks.CausalSelfAttention(config.num_heads, init), config, init)
+    if config.norm_position == "pre":
+        x = layers.LayerNormalization()(x)
+    logits = layers.Dense(VOCAB_SIZE, kernel_initializer=init())(x)
+    model = keras.Model(tokens, logits, name=config.family)
     loss = losses.classification_loss("cross_entropy", VOCAB_SIZE)
     return Task(config, model, loss, language_model_data(config), metrics=["accuracy"], eval_batch_size=64)
 

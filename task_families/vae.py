@@ -38,7 +38,7 @@ class VAEConfig(TaskConfig):
 
     def validate(self):
         check_positive_ints(self, "image_size", "encoder_sizes", "latent_dim")
-        check_choice(self, "activation", blocks.ACTIVATIONS)
+        check_choice(self, "activation", blocks.ALL_ACTIVATIONS)
         check_choice(self, "initializer", blocks.INITIALIZERS)
 
     def forward_flops(self):

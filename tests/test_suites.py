@@ -3,6 +3,7 @@
 import pytest
 
 from task_families import FAMILIES, build_task
+from task_families.registry import FIRST_FAMILIES
 from task_families.suites import (
     HELD_OUT_SUITE,
     SUITES,
@@ -13,11 +14,12 @@ from task_families.suites import (
 )
 
 
-def test_suites_are_versioned_and_cover_every_family():
+def test_suites_are_versioned_and_cover_the_first_families():
+    # Published suites never change: the families added later are not in them.
     assert {"tiny-v1", "canonical-cpu-v1"} <= set(SUITES)
     for name, suite in SUITES.items():
         assert name.rsplit("-", 1)[1].startswith("v") and suite.name == name
-        assert {t.config.family for t in suite.tasks} == set(FAMILIES)
+        assert {t.config.family for t in suite.tasks} == set(FIRST_FAMILIES)
         for t in suite.tasks:
             assert t.num_steps > 0 and t.max_seconds > 0 and 0 < t.eval_every <= t.num_steps
 

@@ -13,21 +13,31 @@ from task_families import datasets, images, text
 from task_families.cost import estimate_step_seconds, measure_step_seconds
 from task_families.image_cnn import ImageCNNConfig
 from task_families.image_mlp import ImageMLPConfig
+from task_families.residual_net import ResidualNetConfig
+from task_families.tabular import TabularConfig
 from task_families.transformer_lm import TransformerLMConfig
+from task_families.vit import ViTConfig
 
 FAMILY_NAMES = sorted(FAMILIES)
 needs_fashion = pytest.mark.skipif(not datasets.has_fashion_mnist(), reason="apt-get install dataset-fashion-mnist")
 
 # `sample(0).key()` per family: a hash of the sampled config's JSON. If a
 # sampler changes, these change, and so must the suite versions (see suites.py).
+# transformer_lm's changed once without a new suite version: its config gained
+# `norm_position` (default "pre", the model it always built; see
+# test_transformer_lm_configs_from_before_norm_position_build_the_same_model).
 PINNED_SAMPLE_KEYS = {
     "image_mlp": "822d5d8e4d64",
     "image_cnn": "48336db6139b",
     "resnet": "f9af71139918",
-    "transformer_lm": "623569bcd8d2",
+    "transformer_lm": "0fa955da691a",
     "rnn_lm": "cbd2ca87e836",
     "autoencoder": "95735449e7ff",
     "vae": "e2697d2fe61e",
+    "residual_net": "f2c678ae4102",
+    "vit": "8092b1fef595",
+    "gpt_lm": "f7148b693ec4",
+    "tabular": "f9db8eadb79f",
 }
 
 
@@ -40,7 +50,8 @@ def _plain_json(value):
 
 
 def test_registry_has_every_family():
-    assert set(FAMILIES) == {"image_mlp", "image_cnn", "resnet", "transformer_lm", "rnn_lm", "autoencoder", "vae"}
+    assert set(FAMILIES) == {"image_mlp", "image_cnn", "resnet", "transformer_lm", "rnn_lm", "autoencoder", "vae",
+                             "residual_net", "vit", "gpt_lm", "tabular"}
     for name, family in FAMILIES.items():
         assert family.name == name == family.config_type.family
 
@@ -174,6 +185,15 @@ def test_sample_within_budget_respects_the_budget():
          "unknown field"),
         (lambda: ImageCNNConfig.from_dict({"family": "image_mlp", "dataset": "digits"}), "expected 'image_cnn'"),
         (lambda: FAMILIES["vae"].sample(-1), "seed must be an int >= 0"),
+        (lambda: ViTConfig(dataset="digits", batch_size=8, init_seed=0, image_size=8, patch_size=3),
+         "multiple of patch_size"),
+        (lambda: ViTConfig(dataset="digits", batch_size=8, init_seed=0, norm_position="middle"),
+         "unknown norm_position 'middle'"),
+        (lambda: TransformerLMConfig(dataset="python_stdlib", batch_size=8, init_seed=0, norm_position="sandwich"),
+         "unknown norm_position 'sandwich'"),
+        (lambda: ResidualNetConfig(dataset="digits", batch_size=8, init_seed=0, num_blocks=0),
+         "num_blocks must hold positive ints"),
+        (lambda: TabularConfig(dataset="digits", batch_size=8, init_seed=0), "this family reads \\['table'\\]"),
     ],
 )
 def test_bad_configs_raise_clear_errors(make, message):
@@ -239,3 +259,44 @@ def test_compiled_evaluation_matches_eager(name):
     assert compiled.keys() == eager.keys()
     for key in eager:
         assert compiled[key] == pytest.approx(eager[key], rel=1e-5, abs=1e-6)
+
+
+def test_transformer_lm_configs_from_before_norm_position_build_the_same_model():
+    """Logs written before the field existed rebuild the pre-norm model they ran."""
+    data = FAMILIES["transformer_lm"].smallest().to_dict()
+    old = {k: v for k, v in data.items() if k != "norm_position"}
+    assert config_from_dict(old).norm_position == "pre"
+    assert config_from_dict(old) == FAMILIES["transformer_lm"].smallest()
+
+
+def test_norm_placements_build_the_layouts_they_name():
+    """Pre-norm ends in a LayerNorm before the head; post-norm normalises the residual stream."""
+
+    def layer_names(model):
+        return [type(layer).__name__ for layer in model.layers]
+
+    for config in (FAMILIES["gpt_lm"].smallest(), ViTConfig(dataset="digits", batch_size=8, init_seed=0)):
+        pre = build_task(config.replace(norm_position="pre")).model
+        post = build_task(config.replace(norm_position="post")).model
+        assert layer_names(pre)[-2] == "LayerNormalization" or "LayerNormalization" in layer_names(pre)[-4:-1]
+        assert layer_names(post).count("LayerNormalization") == 2 * config.num_layers
+        assert layer_names(pre).count("LayerNormalization") == 2 * config.num_layers + 1
+
+
+def test_residual_net_normalises_inside_the_branch_and_not_before_the_head():
+    model = build_task(ResidualNetConfig(dataset="digits", batch_size=8, init_seed=0, num_blocks=3)).model
+    names = [type(layer).__name__ for layer in model.layers]
+    assert names.count("BatchNormalization") == 2 * 3
+    head = names.index("GlobalAveragePooling2D")
+    assert names[head - 1] == "Add" and "BatchNormalization" not in names[head:]
+
+
+def test_tables_are_standardised_and_split_without_overlap():
+    for name in ("wine", "diabetes", "friedman1", "iris", "breast_cancer"):
+        x_train, y_train = datasets.load_table(name, "train")
+        x_test, _ = datasets.load_table(name, "test")
+        np.testing.assert_allclose(x_train.mean(axis=0), 0.0, atol=1e-5)
+        np.testing.assert_allclose(x_train.std(axis=0), 1.0, atol=1e-3)
+        assert not {tuple(r) for r in x_train} & {tuple(r) for r in x_test}
+        regression = datasets.dataset_info(name).num_classes == 0
+        assert (y_train.dtype, y_train.ndim) == ((np.float32, 2) if regression else (np.int32, 1))
