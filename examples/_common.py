@@ -1,16 +1,19 @@
 """Plumbing shared by the example scripts: flags, optimizer, batches, loss curve, JSON.
 
 Every example (`image_convnet.py`, `text_transformer.py`,
-`timeseries_forecasting.py`, `autoencoder.py`, `residual_batchnorm.py`)
+`timeseries_forecasting.py`, `autoencoder.py`, `residual_batchnorm.py`,
+`keras_hub_gpt2.py`, `keras_hub_vit.py`)
 builds its own data and model and calls `compile` and `fit` itself; this
 module holds only what they all repeat:
 
 * `argument_parser` / `parse_arguments`: the common flags (`--optimizer
-  velo|adam`, `--learning-rate`, `--weights`, `--steps`, `--epochs`,
+  velo|adam|adamw`, `--learning-rate`, `--weights`, `--steps`, `--epochs`,
   `--batch-size`, `--seed`, `--json`, `--verbose`, `--quick`, and `--data`
   for the image examples).
-* `make_optimizer`, `velo_callbacks`, `jit_compile`: VeLO or Adam, and what
-  `fit` needs to feed VeLO the loss of every batch.
+* `make_optimizer`, `velo_callbacks`, `jit_compile`: VeLO, Adam or AdamW,
+  and what `fit` needs to feed VeLO the loss of every batch.
+* `import_keras_hub`: KerasHub for the `keras_hub_*` examples, or an exit
+  that says how to install it.
 * `BatchStream`: exactly `--steps` full batches, reshuffled on every pass
   over the data and identical for every optimizer with the same `--seed`.
   A fixed batch shape means XLA compiles the train step once.
@@ -23,7 +26,7 @@ It is imported as `_common` because `python examples/<name>.py` puts
 ```python
 import _common
 args = _common.parse_arguments(__doc__, steps=300, epochs=3, batch_size=64)
-optimizer = _common.make_optimizer(args)   # VeLO(total_steps=300, weights="bundled") or Adam
+optimizer = _common.make_optimizer(args)   # VeLO(total_steps=300, weights="bundled"), Adam or AdamW
 ```
 """
 
@@ -46,6 +49,7 @@ QUICK_STEPS = 6
 QUICK_EVALUATION_EXAMPLES = 512
 EVALUATION_BATCH_SIZE = 500
 IMAGE_SOURCES = ("offline", "keras")
+OPTIMIZERS = ("velo", "adam", "adamw")
 
 
 # --- flags ------------------------------------------------------------------
@@ -56,10 +60,13 @@ def argument_parser(description, *, steps, epochs, batch_size, image_data=False)
     parser = argparse.ArgumentParser(
         description=description, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--optimizer", choices=("velo", "adam"), default="velo")
+    parser.add_argument(
+        "--optimizer", choices=OPTIMIZERS, default="velo",
+        help="velo, adam or adamw (AdamW with Keras' default weight decay, 0.004)",
+    )
     parser.add_argument(
         "--learning-rate", type=float, default=1e-3,
-        help="Adam's learning rate (default 1e-3, Keras' default); VeLO has none",
+        help="Adam's or AdamW's learning rate (default 1e-3, Keras' default); VeLO has none",
     )
     parser.add_argument(
         "--weights", default="bundled",
@@ -116,17 +123,23 @@ def parse_arguments(description, *, steps, epochs, batch_size, image_data=False,
 
 
 def make_optimizer(args):
-    """`VeLO(total_steps=args.steps, weights=args.weights)` or `Adam(args.learning_rate)`."""
+    """`VeLO(total_steps=args.steps, weights=args.weights)`, `Adam(args.learning_rate)` or `AdamW(...)`.
+
+    AdamW keeps Keras' other defaults (`weight_decay=0.004`).
+    """
     if args.optimizer == "velo":
         return keras_velo.VeLO(total_steps=args.steps, weights=args.weights)
+    if args.optimizer == "adamw":
+        return keras.optimizers.AdamW(learning_rate=args.learning_rate)
     return keras.optimizers.Adam(learning_rate=args.learning_rate)
 
 
 def optimizer_label(args):
-    """`"VeLO (bundled)"` or `"Adam(0.001)"`: how summaries name the run."""
+    """`"VeLO (bundled)"`, `"Adam(0.001)"` or `"AdamW(0.001)"`: how summaries name the run."""
     if args.optimizer == "velo":
         return f"VeLO ({args.weights})"
-    return f"Adam({args.learning_rate:g})"
+    name = "AdamW" if args.optimizer == "adamw" else "Adam"
+    return f"{name}({args.learning_rate:g})"
 
 
 def velo_callbacks(model):
@@ -142,6 +155,23 @@ def velo_callbacks(model):
         return [keras_velo.VeLOCallback()]
     keras_velo.attach(model)
     return []
+
+
+def import_keras_hub():
+    """The `keras_hub` module; without it, exits saying how to install it.
+
+    keras-hub is installed without its dependencies (see
+    `examples/requirements-keras-hub.txt`): its `tensorflow-text` requirement
+    would replace `tensorflow-cpu` with the full `tensorflow` wheel.
+    """
+    try:
+        import keras_hub
+    except ImportError as error:
+        raise SystemExit(
+            f"This example needs keras-hub ({error}): "
+            "pip install --no-deps -r examples/requirements-keras-hub.txt"
+        ) from error
+    return keras_hub
 
 
 def jit_compile():
@@ -288,7 +318,7 @@ def finish(example, args, model, recorder, history, *, data, train_evaluation, m
         "example": example,
         "optimizer": args.optimizer,
         "label": optimizer_label(args),
-        "learning_rate": args.learning_rate if args.optimizer == "adam" else None,
+        "learning_rate": args.learning_rate if args.optimizer != "velo" else None,
         "weights": args.weights if args.optimizer == "velo" else None,
         "backend": keras.backend.backend(),
         "keras": keras.__version__,
