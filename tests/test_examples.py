@@ -1,5 +1,6 @@
 """The example scripts run, each under its own backend, in a subprocess."""
 
+import importlib.util
 import json
 import math
 import os
@@ -16,14 +17,24 @@ from task_families import datasets
 ROOT = Path(__file__).resolve().parents[1]
 THETA = str(golden_data.GOLDEN_DIR / "velo_perturbed_theta")
 BACKEND = keras.backend.backend()
-KERAS_EXAMPLES = (
-    "image_convnet",
-    "text_transformer",
-    "timeseries_forecasting",
-    "autoencoder",
-    "residual_batchnorm",
-)
 QUICK_STEPS = 6  # examples/_common.py's --quick
+
+
+def _compare_module():
+    """examples/compare.py imported without running it (examples/ is not a package)."""
+    spec = importlib.util.spec_from_file_location("examples_compare", ROOT / "examples" / "compare.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+HAS_KERAS_HUB = importlib.util.find_spec("keras_hub") is not None
+KERAS_EXAMPLES = [  # compare.py's registry of the fit-based examples
+    pytest.param(example, marks=pytest.mark.skipif(
+        example.startswith("keras_hub") and not HAS_KERAS_HUB,
+        reason="keras-hub not installed: pip install --no-deps -r examples/requirements-keras-hub.txt"))
+    for example in _compare_module().EXAMPLES
+]
 
 
 def _run(args, timeout=600):
@@ -65,33 +76,38 @@ def test_example_trains_with_velo_and_writes_finite_losses(example, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.backends("jax")  # the comparison's plumbing is backend-independent; each example runs on every backend above
-def test_compare_runs_velo_adam_and_tuned_adam_side_by_side(tmp_path):
-    examples = ("timeseries_forecasting", "image_convnet")
-    command = ["examples/compare.py", "--quick", "--examples", ",".join(examples),
-               "--grid", "1e-3,3e-3", "--out", str(tmp_path)]
+def test_compare_runs_velos_adam_adamw_and_tuned_adam_side_by_side(tmp_path):
+    example = "timeseries_forecasting"
+    command = ["examples/compare.py", "--quick", "--examples", example, "--grid", "1e-3,3e-3",
+               "--velo-weights", f"bundled,perturbed={THETA}", "--out", str(tmp_path)]
     _run(command)
 
     results = json.loads((tmp_path / "results.json").read_text())
-    assert results["backend"] == BACKEND and list(results["examples"]) == list(examples)
-    for result in results["examples"].values():
-        assert result["tuned_learning_rate"] in (1e-3, 3e-3)
-        assert result["adam_default"]["learning_rate"] == 1e-3
-        for who in ("velo", "adam_default", "adam_tuned"):
-            assert math.isfinite(result[who]["final_train_loss"])
-            assert math.isfinite(result[who]["metric"])
-        assert all(math.isfinite(ratio) for ratio in result["ratios"].values())
+    assert results["backend"] == BACKEND and list(results["examples"]) == [example]
+    assert [w["key"] for w in results["velo_weights"]] == ["velo", "velo_perturbed"]
+    result = results["examples"][example]
+    assert result["tuned_learning_rate"] in (1e-3, 3e-3)
+    assert result["adam_default"]["learning_rate"] == result["adamw"]["learning_rate"] == 1e-3
+    assert result["adamw"]["label"] == "AdamW(0.001)"
+    other = result["other_velos"]["velo_perturbed"]
+    for summary in (result["velo"], result["adam_default"], result["adamw"], result["adam_tuned"], other):
+        assert math.isfinite(summary["final_train_loss"]) and math.isfinite(summary["metric"])
+        assert (tmp_path / summary["run"]).exists()
+    assert result["velo"]["run"].endswith("/velo.json") and other["run"].endswith("/velo_perturbed.json")
+    assert all(math.isfinite(ratio) for ratio in [*result["ratios"].values(), *other["ratios"].values()])
+    assert other["ratios"]["train_loss_velo_perturbed_over_velo"] == pytest.approx(
+        other["final_train_loss"] / result["velo"]["final_train_loss"])
 
-    rows = [line for line in (tmp_path / "table.md").read_text().splitlines()
-            if line.startswith("| ") and line.split(" | ")[0][2:] in examples]
-    assert [row.split(" | ")[0][2:] for row in rows] == list(examples)
-    for row in rows:
-        numbers = [float(cell) for cell in row.strip("| ").split(" | ")[2:]]
-        assert len(numbers) == 11 and all(math.isfinite(number) for number in numbers)
+    rows = [line.strip("| ").split(" | ") for line in (tmp_path / "table.md").read_text().splitlines()
+            if line.startswith(f"| {example} |")]
+    assert len(rows) == 2  # VeLO against the Adams; the perturbed VeLO against VeLO and the Adams
+    assert len(rows[0]) == 17 and all(math.isfinite(float(cell)) for cell in rows[0][2:])
+    assert rows[1][4] == other["against_velo"] and all(math.isfinite(float(c)) for c in rows[1][5:])
     assert (tmp_path / "loss_curves.png").read_bytes()[:4] == b"\x89PNG"
     assert (tmp_path / "loss_curves.png").stat().st_size > 10_000
 
     again = _run(command)  # resumes: every run's JSON is there
-    assert again.count("done before, skipped") == 2 * 3
+    assert again.count("done before, skipped") == 5  # 2 VeLOs, AdamW, Adam at 1e-3 and 3e-3
 
 
 @pytest.mark.skipif(not datasets.has_fashion_mnist(), reason="Debian dataset-fashion-mnist not installed")
@@ -119,26 +135,17 @@ def test_digits_split_is_deterministic_and_disjoint():
     assert (train == again).all()
 
 
-def _compare_module():
-    """examples/compare.py imported without running it (examples/ is not a package)."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("examples_compare", ROOT / "examples" / "compare.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.mark.backends("jax")  # pure Python plumbing
 def test_compare_reruns_a_run_whose_code_or_command_changed(tmp_path):
     """A recorded run is reused only if it came from the same command, backend and code."""
     compare = _compare_module()
-    run = compare.Run("autoencoder", "velo")
-    arguments = run.arguments(tmp_path, 0, True, "bundled")
+    bundled, = compare.parse_velo_weights("bundled")
+    run = compare.Run("autoencoder", "velo", velo=bundled)
+    arguments = run.arguments(tmp_path, 0, True)
     digest = compare.source_digest(run)
-    assert digest == compare.source_digest(compare.Run("autoencoder", "velo"))
+    assert digest == compare.source_digest(compare.Run("autoencoder", "velo", velo=bundled))
     assert digest != compare.source_digest(compare.Run("autoencoder", "adam", 1e-3))  # keras_velo counts for VeLO
-    assert digest != compare.source_digest(compare.Run("image_convnet", "velo"))
+    assert digest != compare.source_digest(compare.Run("image_convnet", "velo", velo=bundled))
     path = run.json_path(tmp_path)
     path.parent.mkdir(parents=True)
     record = {"command": ["autoencoder.py", *arguments], "backend": BACKEND, "source_sha256": digest}
@@ -146,11 +153,88 @@ def test_compare_reruns_a_run_whose_code_or_command_changed(tmp_path):
     assert compare.recorded_run(path, "autoencoder.py", arguments, BACKEND, digest) == record
     assert compare.recorded_run(path, "autoencoder.py", arguments, BACKEND, "edited code") is None
     assert compare.recorded_run(path, "autoencoder.py", arguments, "torch", digest) is None
-    other_seed = run.arguments(tmp_path, 1, True, "bundled")
+    other_seed = run.arguments(tmp_path, 1, True)
     assert compare.recorded_run(path, "autoencoder.py", other_seed, BACKEND, digest) is None
+    first_is_a_path = compare.Run("autoencoder", "velo", velo=compare.parse_velo_weights(THETA)[0])
+    assert first_is_a_path.json_path(tmp_path) == path  # same file, another command: run again
+    assert compare.recorded_run(path, "autoencoder.py", first_is_a_path.arguments(tmp_path, 0, True),
+                                BACKEND, digest) is None
     del record["source_sha256"]  # recorded before runs carried their code's digest
     path.write_text(json.dumps(record))
     assert compare.recorded_run(path, "autoencoder.py", arguments, BACKEND, digest) is None
+
+    adamw, adam = compare.Run("autoencoder", "adamw", 1e-3), compare.Run("autoencoder", "adam", 1e-3)
+    assert adamw.name == "adamw_lr0.001" and adamw.json_path(tmp_path) != adam.json_path(tmp_path)
+    assert adamw.arguments(tmp_path, 0, True)[:2] == ["--optimizer", "adamw"]
+    assert compare.source_digest(adamw) == compare.source_digest(adam)  # same code; the command differs
+
+    checkpoint = tmp_path / "candidate"  # a second VeLO's weights: its checkpoint file counts
+    checkpoint.mkdir()
+    (checkpoint / "params").write_bytes(b"theta one")
+    _, candidate = compare.parse_velo_weights(f"bundled,candidate={checkpoint}")
+    second = compare.Run("autoencoder", "velo", velo=candidate)
+    assert second.name == "velo_candidate" and second.json_path(tmp_path).name == "velo_candidate.json"
+    assert second.arguments(tmp_path, 0, True)[4:6] == ["--weights", str(checkpoint)]
+    before = compare.source_digest(second)
+    assert before != digest
+    (checkpoint / "params").write_bytes(b"theta two")  # retrained in place
+    assert compare.source_digest(second) != before
+
+
+def _record(example, optimizer, train_loss, metric, higher_is_better=True, learning_rate=None):
+    return {"example": example, "optimizer": optimizer, "label": optimizer, "learning_rate": learning_rate,
+            "final_train_loss": train_loss, "seconds": 1.0, "data": "d", "steps": 6,
+            "metric": {"name": "accuracy" if higher_is_better else "loss", "value": metric,
+                       "higher_is_better": higher_is_better}}
+
+
+@pytest.mark.backends("jax")  # pure Python plumbing
+def test_compare_summarises_adamw_and_a_second_velo_against_the_first():
+    compare = _compare_module()
+    velo_weights = compare.parse_velo_weights("bundled,candidate=/tmp/theta,/elsewhere/repaired/")
+    assert [(w.key, w.title, w.spec) for w in velo_weights] == [
+        ("velo", "VeLO", "bundled"), ("velo_candidate", "VeLO candidate", "/tmp/theta"),
+        ("velo_repaired", "VeLO repaired", "/elsewhere/repaired/")]
+    for bad in ("", "bundled,x=/a,x=/b", "bundled,candidate="):
+        with pytest.raises(ValueError):
+            compare.parse_velo_weights(bad)
+    velo_weights = velo_weights[:2]
+    runs = compare.plan_runs(["image_convnet", "autoencoder"], [3e-3], velo_weights)
+    assert [run.name for run in runs[:5]] == [
+        "velo", "velo_candidate", "adamw_lr0.001", "adam_lr0.001", "adam_lr0.003"]
+    assert len(runs) == 10
+
+    # accuracy (higher is better): the candidate is worse than VeLO; loss: it is better
+    numbers = {
+        "image_convnet": {"velo": (0.5, 0.80), "velo_candidate": (0.6, 0.75), "adamw_lr0.001": (0.4, 0.70),
+                          "adam_lr0.001": (1.0, 0.60), "adam_lr0.003": (0.8, 0.78)},
+        "autoencoder": {"velo": (0.02, 0.02), "velo_candidate": (0.01, 0.01), "adamw_lr0.001": (0.04, 0.04),
+                        "adam_lr0.001": (0.05, 0.05), "adam_lr0.003": (0.03, 0.03)},
+    }
+    records = {run: _record(run.example, run.optimizer, *numbers[run.example][run.name],
+                            higher_is_better=run.example == "image_convnet", learning_rate=run.learning_rate)
+               for run in runs}
+    results = compare.summarise(["image_convnet", "autoencoder"], [3e-3], records, velo_weights)
+    image = results["image_convnet"]
+    assert image["adamw"]["final_train_loss"] == 0.4 and image["adamw"]["run"] == "runs/image_convnet/adamw_lr0.001.json"
+    assert image["ratios"]["train_loss_velo_over_adamw"] == pytest.approx(0.5 / 0.4)
+    assert image["ratios"]["metric_velo_over_adam_tuned"] == pytest.approx(0.80 / 0.78)
+    candidate = image["other_velos"]["velo_candidate"]
+    assert candidate["run"] == "runs/image_convnet/velo_candidate.json" and candidate["weights"] == "/tmp/theta"
+    assert candidate["ratios"]["metric_velo_candidate_over_velo"] == pytest.approx(0.75 / 0.80)
+    assert candidate["ratios"]["train_loss_velo_candidate_over_adamw"] == pytest.approx(0.6 / 0.4)
+    assert candidate["against_velo"] == "worse"
+    assert results["autoencoder"]["other_velos"]["velo_candidate"]["against_velo"] == "better"
+
+    table = compare.markdown_table(results, "header")
+    assert "VeLO candidate (/tmp/theta) against VeLO (bundled): worse on 1 of 2 examples (image_convnet)" in table
+    rows = [line.strip("| ").split(" | ") for line in table.splitlines() if line.startswith("| image_convnet |")]
+    assert len(rows[0]) == 17 and rows[0][4] == "0.4" and rows[0][12] == "1.25"  # AdamW's loss; VeLO/AdamW
+    assert rows[1][2:6] == ["0.6", "0.75", "worse", "1.2"]  # train loss, metric, verdict, loss / VeLO
+
+    del records[runs[1]]  # the candidate failed on image_convnet: the example is left out
+    assert list(compare.summarise(["image_convnet", "autoencoder"], [3e-3], records, velo_weights)) == [
+        "autoencoder"]
 
 
 @pytest.mark.slow
