@@ -27,17 +27,6 @@ os.environ.setdefault("KERAS_BACKEND", "jax")
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 
-def damaged_theta(step_scale):
-    import numpy as np
-
-    from keras_velo.weights.pretrained import resolve_weights
-
-    theta, _ = resolve_weights("bundled")
-    head = theta["rnn_params"]["step_size"]
-    theta["rnn_params"]["step_size"] = {k: v * np.float32(step_scale) for k, v in head.items()}
-    return theta
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", default="benchmarks/results/meta_known_answer")
@@ -47,28 +36,25 @@ def main(argv=None):
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args(argv)
 
-    from keras_velo.weights.checkpoint import write_checkpoint
     from keras_velo.weights.pretrained import resolve_weights
     from meta.configs import get_preset
     from meta.evaluate import score_theta
     from meta.plots import validation_records
-    from meta.train import RUN_STATE, read_metrics, train
+    from meta.train import RUN_STATE, STEP_SCALED, read_metrics, train
 
     out = pathlib.Path(args.out)
-    start = out / "damaged_theta"
-    if not (start / "params").exists():
-        write_checkpoint(f"{start}{os.sep}", damaged_theta(args.step_scale),
-                         gen_id=f"bootstrap, step-size head x {args.step_scale}", step=0)
+    start = f"{STEP_SCALED}{args.step_scale:g}"  # the damage: meta.train.initial_theta
     config = dataclasses.replace(get_preset("cpu"), minutes=args.minutes, iterations=100_000,
                                  validate_every_minutes=args.validate_every,
                                  workers=args.workers)
     healthy_path = out / "undamaged_score.json"
     if not healthy_path.exists():
-        healthy = score_theta(resolve_weights("bundled")[0], config.validation, args.workers)
+        healthy = score_theta(resolve_weights("bundled")[0], [config.validation],
+                              args.workers)[config.validation.name]
         healthy_path.write_text(json.dumps(healthy))
     healthy = json.loads(healthy_path.read_text())
     run = out / "run"
-    train(config, run, init=str(start), resume=(run / RUN_STATE).exists(), progress=False)
+    train(config, run, init=start, resume=(run / RUN_STATE).exists(), progress=False)
 
     valid = validation_records(read_metrics(run))
     damaged = valid[0]["meta_valid"]

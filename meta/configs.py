@@ -20,9 +20,16 @@
 import dataclasses
 
 from meta.learner import ESTIMATORS
+from meta.objective import MetaObjective
+from meta.ood_validation import OOD_VALIDATION
 from meta.subspace import SubspaceSpec
-from meta.task_distribution import ALL_FAMILIES, TaskDistribution, family_name
+from meta.task_distribution import ALL_FAMILIES, WIDE_FAMILIES, TaskDistribution, family_name
 from meta.validation import CPU_VALIDATION, ValidationSet
+
+# All eleven families (residual nets with the normalisation in the branch,
+# ViTs, GPT-style LMs with either norm placement and tables beside the first
+# seven), 3 configs each, horizons up to the canonical ones (3,000 steps).
+WIDE_DISTRIBUTION = TaskDistribution(WIDE_FAMILIES, 3e8, 100, 3000, (0.1, 10.0), config_pool=3)
 
 
 
@@ -54,6 +61,9 @@ class MetaTrainingConfig:
         validate_every_minutes: if set, score every this many training
             minutes instead (runs compared at equal CPU time).
         validation: the meta-validation set (`meta.validation.ValidationSet`).
+        ood_validation: None, or a second, out-of-distribution held-out
+            set (`meta.validation.FixedValidationSet`) scored beside it.
+        objective: what the meta-loss weighs (`meta.objective.MetaObjective`).
         seed: the run's seed.
     """
 
@@ -75,6 +85,8 @@ class MetaTrainingConfig:
     validate_every: int = 10
     validate_every_minutes: float | None = None
     validation: ValidationSet = CPU_VALIDATION
+    ood_validation: object = None
+    objective: MetaObjective = MetaObjective()
     seed: int = 0
 
     def __post_init__(self):
@@ -102,7 +114,14 @@ class MetaTrainingConfig:
         data["distribution"] = self.distribution.to_dict()
         data["subspace"] = self.subspace.to_dict()
         data["validation"] = validation_set_dict(self.validation)
+        data["ood_validation"] = (None if self.ood_validation is None
+                                  else validation_set_dict(self.ood_validation))
+        data["objective"] = self.objective.to_dict()
         return data
+
+    def validation_sets(self):
+        """The held-out sets a run is scored on, in order: `validation`, then `ood_validation`."""
+        return tuple(s for s in (self.validation, self.ood_validation) if s is not None)
 
 
 PRESETS = {
@@ -133,6 +152,7 @@ PRESETS = {
         iterations=2000,
         workers=2,
         validate_every_minutes=5.0,
+        ood_validation=OOD_VALIDATION,
     ),
     "gpu": MetaTrainingConfig(
         name="gpu",

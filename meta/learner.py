@@ -19,6 +19,8 @@ An iteration:
    * "pes+tbptt": both, combined per coordinate by inverse variance
      (`meta.estimators.inverse_variance_combination`);
    members whose worker died are left out (their particles start over);
+   with the objective's tail term (`meta.objective.member_weights`) each
+   member's sample is weighted by how badly it did against Adam;
 3. z <- z + Adam(clip(g)).
 """
 
@@ -34,6 +36,7 @@ from meta.estimators import (
     perturbation,
     weighted_mean,
 )
+from meta.objective import member_weights, tail_scores
 
 ESTIMATORS = {
     # estimator: (the arms each member trains, whether it backpropagates)
@@ -89,6 +92,9 @@ class MetaLearner:
             record["wall_time_s"] = time.perf_counter() - start
             return record
         losses = np.array([r["losses"] for r in results])  # [members, arms]
+        tail = member_weights(config.objective, tail_scores(
+            [r.get("normalised", np.mean(r["losses"])) for r in results],
+            [r.get("reference") for r in results]))
         es_samples = None
         if arms == "pair":
             vectors = []
@@ -101,7 +107,7 @@ class MetaLearner:
                 self.accumulated[member] = accumulate(self.accumulated.get(member), eps,
                                                       result["reset"])
                 vectors.append(jnp.asarray(self.accumulated[member]))
-            weights = pair_weights(losses[:, 0], losses[:, 1], config.sigma, config.shaping)
+            weights = pair_weights(losses[:, 0], losses[:, 1], config.sigma, config.shaping) * tail
             if gradients:
                 es_samples = np.stack([w * np.asarray(v) for w, v in zip(weights, vectors)])
             else:
@@ -109,7 +115,7 @@ class MetaLearner:
             record.update(meta_loss_plus=float(losses[:, 0].mean()),
                           meta_loss_minus=float(losses[:, 1].mean()))
         if gradients:
-            samples = np.stack([r["gradient"] for r in results])
+            samples = np.stack([r["gradient"] for r in results]) * tail[:, None]
             record["nonfinite_gradients"] = int(sum(not r["gradient_finite"] for r in results))
             if es_samples is None:
                 estimate = samples.mean(axis=0)
@@ -131,6 +137,8 @@ class MetaLearner:
             steps=int(sum(r["steps"] for r in results)),
             families=sorted({r["family"] for r in results}),
         )
+        if config.objective.tail_weight:
+            record["tail_families"] = sorted({r["family"] for r, w in zip(results, tail) if w > 1})
         self.iteration += 1
         record["wall_time_s"] = time.perf_counter() - start
         return record

@@ -27,8 +27,12 @@ truncation is a constant (truncated backpropagation); a non-finite
 gradient is reported as zeros (and counted).
 
 The meta-loss of an arm over a truncation is the mean over its steps of
-the normalised training loss of each step's batch, `loss / initial loss`
-clipped to `[0, max_loss_ratio]` (`meta.estimators.normalised_loss`).
+the run's `meta.objective.MetaObjective` terms of each step's normalised
+training loss, `loss / initial loss` clipped to `[0, max_loss_ratio]`
+(`meta.estimators.normalised_loss`): by default the loss itself (the area
+under the curve); with weights on the episode's final segment and a
+penalty for ending above the task's Adam(1e-3) reference
+(`meta.adam_reference`, handed to the runner by `set_references`).
 
 One step of an ES pair is one `jax.jit`-compiled call, vmapped over the two
 arms; with gradients each arm runs alone (XLA on CPU runs the backward pass
@@ -46,7 +50,9 @@ import json
 
 import numpy as np
 
+from meta import adam_reference
 from meta.estimators import normalised_loss, perturbation
+from meta.objective import MetaObjective, step_meta_losses
 from meta.task_distribution import sample_member_task
 
 # Each architecture's compiled programs hold ~0.3 GB on a worker; evicted ones
@@ -96,10 +102,12 @@ class ParticleRunner:
         max_loss_ratio: the normalised loss of a diverged step.
         arms: "pair" or "center" (see the module docstring).
         gradients: also backpropagate through each truncation.
+        objective: the `meta.objective.MetaObjective` (default: the area
+            under the curve).
     """
 
     def __init__(self, subspace, distribution, seed, sigma, truncation, max_loss_ratio,
-                 arms="pair", gradients=False):
+                 arms="pair", gradients=False, objective=None):
         from meta.functional_task import require_jax_backend
 
         require_jax_backend()
@@ -114,6 +122,8 @@ class ParticleRunner:
         self.max_loss_ratio = float(max_loss_ratio)
         self.arms = arms
         self.gradients = bool(gradients)
+        self.objective = objective or MetaObjective()
+        self.references = {}  # reference key -> record (meta.adam_reference)
         self.particles = {}
         self._batches = {}
         self._constants = None
@@ -289,18 +299,24 @@ class ParticleRunner:
                     particle.initial_loss = float(arm_losses[0])
                 if self.gradients:
                     cotangent = self._backward(variable, constant, history, batches, arm_losses,
-                                               particle.initial_loss, scale, arm_step_vjp)
+                                               particle, scale, arm_step_vjp)
                     gradient = gradient + self.subspace.pullback(jnp.asarray(z), cotangent)
                 arms.append(arm)
                 losses.append(arm_losses)
             arms = jax.tree_util.tree_map(lambda *leaves: jnp.stack(leaves), *arms)
             losses = jnp.stack(losses, axis=1)
             gradient = gradient / num_arms if self.gradients else None
+        positions = np.arange(particle.step, particle.step + steps)
+        reference = self._reference_at(particle.task, positions)
         particle.step += steps
         normalised = normalised_loss(losses, particle.initial_loss, self.max_loss_ratio)
+        terms = step_meta_losses(self.objective, normalised, positions, particle.task.horizon,
+                                 reference)
         result = {
             "member": int(member),
-            "losses": [float(v) for v in np.asarray(jnp.mean(normalised, axis=0))],
+            "losses": [float(v) for v in np.asarray(jnp.mean(terms, axis=0))],
+            "normalised": float(jnp.mean(normalised)),
+            "reference": None if reference is None else float(np.mean(reference)),
             "reset": bool(reset),
             "steps": int(steps),
             "family": particle.task.config["family"],
@@ -314,15 +330,24 @@ class ParticleRunner:
         self._batches[member] = (particle, particle.step, iterator)
         return result
 
-    def _backward(self, variable, constant, history, batches, losses, initial_loss, scale,
+    def _backward(self, variable, constant, history, batches, losses, particle, scale,
                   arm_step_vjp):
-        """Cotangents of one arm's variable leaves: d(mean normalised loss)/d(leaf)."""
+        """Cotangents of one arm's variable leaves: d(truncation meta-loss)/d(leaf).
+
+        `particle` is still at the truncation's first step.
+        """
         import jax
         import jax.numpy as jnp
 
-        slope = jax.vmap(jax.grad(
-            lambda loss: normalised_loss(loss, initial_loss, self.max_loss_ratio)))(losses)
-        slope = slope / losses.shape[0]
+        positions = np.arange(particle.step, particle.step + losses.shape[0])
+        reference = self._reference_at(particle.task, positions)
+
+        def meta_loss(losses):
+            normalised = normalised_loss(losses, particle.initial_loss, self.max_loss_ratio)
+            return jnp.mean(step_meta_losses(self.objective, normalised, positions,
+                                             particle.task.horizon, reference))
+
+        slope = jax.grad(meta_loss)(losses)
         leaves = jax.tree_util.tree_leaves(history[0])
         float_cotangents = [jnp.zeros_like(leaf) for leaf in leaves if _is_float(leaf)]
         total = jax.tree_util.tree_map(jnp.zeros_like, variable)
@@ -373,6 +398,37 @@ class ParticleRunner:
             for key in [k for k in _COMPILED if k[0] == _architecture_key(config)]:
                 del _COMPILED[key]  # in the persistent cache now; memory is what is short
         return len(configs)
+
+    # --------------------------------------------------------- Adam references
+
+    def member_reference_key(self, config):
+        """The key of the reference a member on `config` is compared with (longest horizon, seed 0)."""
+        return adam_reference.reference_key(config, self.distribution.max_horizon, 0)
+
+    def set_references(self, records):
+        """`{key: record}` of `meta.adam_reference` curves the members may need."""
+        self.references.update(records)
+
+    def _reference_at(self, task, positions):
+        """Adam's smoothed normalised loss at `positions` of `task`'s config, or None."""
+        if not self.objective.needs_references:
+            return None
+        record = self.references.get(self.member_reference_key(task.config))
+        return None if record is None else adam_reference.value_at(record, positions)
+
+    def compute_references(self, specs):
+        """Adam(1e-3) references for `specs` (`(config, steps, data_seed)`); `{key: record}`."""
+        from meta.functional_task import FunctionalTask
+
+        records = {}
+        for config, steps, data_seed in specs:
+            key = adam_reference.reference_key(config, steps, data_seed)
+            normalised = adam_reference.compute_reference(
+                FunctionalTask(config), steps, data_seed, self.max_loss_ratio)
+            records[key] = {"config": config, "steps": int(steps), "data_seed": int(data_seed),
+                            "learning_rate": adam_reference.LEARNING_RATE,
+                            **adam_reference.summarise_curve(normalised)}
+        return records
 
     # ---------------------------------------------------------------- scoring
 

@@ -38,9 +38,10 @@ def validation_records(records):
 
 
 def plot_meta_validation(records, path, title="meta-validation"):
-    """The meta-validation score (final and mean normalised loss, ± 1 standard error)
-    against meta-iterations and training minutes, the starting theta's score as a
-    dashed reference line; returns `path`."""
+    """The meta-validation scores (final and mean normalised loss, ± 1 standard error) of
+    each held-out set (`meta_valid`, and `ood_valid` where scored) against meta-iterations
+    and training minutes, the starting theta's scores as dashed reference lines;
+    returns `path`."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -48,22 +49,26 @@ def plot_meta_validation(records, path, title="meta-validation"):
 
     records = validation_records(records)
     figure, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+    curves = [("meta_valid", "final", "C0"), ("meta_valid", "mean", "C1"),
+              ("ood_valid", "final", "C2"), ("ood_valid", "mean", "C3")]
     for axis, x_key, label in ((axes[0], "after_iteration", "meta-iteration"),
                                (axes[1], "training_minutes", "training minutes")):
-        if records:
-            x = np.array([r[x_key] for r in records], np.float64)
-            for key, colour in (("final", "C0"), ("mean", "C1")):
-                value = np.array([r["meta_valid"][key] for r in records])
-                error = np.array([r["meta_valid"][f"{key}_se"] for r in records])
-                axis.plot(x, value, "o-", color=colour, label=f"{key} normalised loss")
-                axis.fill_between(x, value - error, value + error, color=colour, alpha=0.2)
-                axis.axhline(value[0], color=colour, linestyle="--", linewidth=1,
-                             label=f"start ({key})")
+        for set_key, key, colour in curves:
+            scored = [r for r in records if set_key in r]
+            if not scored:
+                continue
+            name = "in-distribution" if set_key == "meta_valid" else "out-of-distribution"
+            x = np.array([r[x_key] for r in scored], np.float64)
+            value = np.array([r[set_key][key] for r in scored])
+            error = np.array([r[set_key][f"{key}_se"] for r in scored])
+            axis.plot(x, value, "o-", color=colour, label=f"{name}: {key}")
+            axis.fill_between(x, value - error, value + error, color=colour, alpha=0.15)
+            axis.axhline(value[0], color=colour, linestyle="--", linewidth=1)
         axis.set_xlabel(label)
         axis.grid(alpha=0.3)
     axes[0].set_ylabel("training loss / initial loss (mean over tasks)")
     axes[0].legend(loc="best", fontsize=8)
-    figure.suptitle(title)
+    figure.suptitle(title + " (dashed: the start)")
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)

@@ -52,16 +52,38 @@ VALID_PLOT = "meta_valid.png"
 # a longer time budget, on another number of workers, validated more or less
 # often, or under another name (a comparison's variant continued as the
 # preset it became).
+# The out-of-distribution set does not change what the run learns either.
 RESUMABLE_CHANGES = ("name", "iterations", "minutes", "workers", "validate_every",
-                     "validate_every_minutes")
+                     "validate_every_minutes", "ood_validation")
+
+
+STEP_SCALED = "bundled-step:"
+FROM_RUN = "run:"
 
 
 def initial_theta(init, seed=0):
-    """Theta to start from: "bundled", "random" (seeded), "velo", or a checkpoint path."""
+    """`(theta, description)` to start from.
+
+    `init`: "bundled", "random" (seeded), "velo", a checkpoint path,
+    "bundled-step:S" (the bundled theta with its step-size head scaled by
+    S: every tensor's steps S times as large; the known answer's damage,
+    or a start below the bootstrap's step), or "run:DIR" (the current
+    theta of the meta-training run in DIR, rebuilt from its compact state).
+    """
     from keras_velo.weights.pretrained import resolve_weights
 
     if init == "random":
         return resolve_weights(None, seed=seed)
+    if init.startswith(STEP_SCALED):
+        scale = float(init[len(STEP_SCALED):])
+        theta, description = resolve_weights("bundled")
+        head = theta["rnn_params"]["step_size"]
+        theta["rnn_params"]["step_size"] = {k: v * np.float32(scale) for k, v in head.items()}
+        return theta, f"{description}, step-size head x {scale:g}"
+    if init.startswith(FROM_RUN):
+        directory = init[len(FROM_RUN):]
+        _, subspace, z, iteration = load_run(directory)
+        return subspace.theta(z), f"the theta of run {directory} at iteration {iteration}"
     return resolve_weights(init)
 
 
@@ -187,9 +209,11 @@ def load_run(out):
 
 def train(config, out, init="bundled", resume=False, address=None, progress=True):
     """Runs `config` into directory `out`; returns the final `MetaLearner`."""
+    from meta.adam_reference import ensure_references, reference_key
     from meta.learner import ESTIMATORS, MetaLearner
+    from meta.objective import MetaObjective
     from meta.plots import plot_meta_loss, plot_meta_validation
-    from meta.validation import score
+    from meta.validation import reference_specs, score, task_references
     from meta.workers import make_pool
 
     from keras_velo.training.compilation_cache import enable_compilation_cache
@@ -207,6 +231,8 @@ def train(config, out, init="bundled", resume=False, address=None, progress=True
             )
         saved = json.loads(config_path.read_text())
         saved["config"] = {k: v for k, v in saved["config"].items() if k not in RESUMABLE_CHANGES}
+        # Runs from before objectives existed trained the area under the curve.
+        saved["config"].setdefault("objective", MetaObjective().to_dict())
         if saved != record:
             differing = sorted({*(f"config.{k}" for k in {*saved["config"], *record["config"]}
                                   if saved["config"].get(k) != record["config"].get(k)),
@@ -228,12 +254,27 @@ def train(config, out, init="bundled", resume=False, address=None, progress=True
     arms, gradients = ESTIMATORS[config.estimator]
     runner_arguments = (
         subspace, config.distribution, config.seed, config.sigma,
-        config.unroll_truncation, config.max_loss_ratio, arms, gradients,
+        config.unroll_truncation, config.max_loss_ratio, arms, gradients, config.objective,
     )
-    tasks = config.validation.tasks()
+    validation_sets = [(s, s.tasks()) for s in config.validation_sets()]
     pool = make_pool(runner_arguments, config.workers, address)
     training_seconds = 0.0
     try:
+        # Adam(1e-3) references: each held-out task's, and each member config's
+        # (the longest horizon, seed 0) when the objective compares with Adam.
+        specs = [spec for validation_set, tasks in validation_sets
+                 if all(isinstance(f, str) for f in validation_set.families)  # not users' own
+                 for spec in reference_specs(tasks)]
+        member_keys = []
+        if config.objective.needs_references:
+            configs = config.distribution.pool_configs()
+            specs += [(c, config.distribution.max_horizon, 0) for c in configs]
+            member_keys = [reference_key(c, config.distribution.max_horizon, 0) for c in configs]
+        started = time.perf_counter()
+        references = ensure_references(pool, specs)
+        _log(f"Adam(1e-3) references: {len(references)} ({time.perf_counter() - started:.0f} s)")
+        if member_keys:
+            pool.set_references({k: references[k] for k in member_keys})
         if resume:
             particles, training_seconds = load_run_state(out, learner)
             if particles is None:
@@ -253,17 +294,22 @@ def train(config, out, init="bundled", resume=False, address=None, progress=True
 
         def validate():
             started = time.perf_counter()
-            result = score(pool.score(learner.z, tasks))
             entry = {"kind": "validation", "after_iteration": learner.iteration,
-                     "training_minutes": training_seconds / 60, "meta_valid": result,
-                     "wall_time_s": time.perf_counter() - started}
+                     "training_minutes": training_seconds / 60}
+            for index, (validation_set, tasks) in enumerate(validation_sets):
+                result = score(pool.score(learner.z, tasks), task_references(tasks, references))
+                # "meta_valid": the in-distribution set (what every run had); "ood_valid": the other.
+                entry["meta_valid" if index == 0 else "ood_valid"] = result
+                above = result.get("above_adam") or []
+                _log(f"{validation_set.name} after {learner.iteration} iterations "
+                     f"({training_seconds / 60:.1f} training minutes): final "
+                     f"{result['final']:.4f} ± {result['final_se']:.4f}, mean "
+                     f"{result['mean']:.4f} ± {result['mean_se']:.4f} ({len(tasks)} tasks; "
+                     f"{len(above)} end > 10% above Adam(1e-3)"
+                     + (f": {', '.join(above)}" if above else "") + ")")
+            entry["wall_time_s"] = time.perf_counter() - started
             with open(out / METRICS, "a") as file:
                 file.write(json.dumps(entry) + "\n")
-            _log(f"meta-validation after {learner.iteration} iterations "
-                 f"({training_seconds / 60:.1f} training minutes): final "
-                 f"{result['final']:.4f} ± {result['final_se']:.4f}, mean "
-                 f"{result['mean']:.4f} ± {result['mean_se']:.4f} ({len(tasks)} tasks, "
-                 f"{entry['wall_time_s']:.0f} s)")
             plot_meta_validation(read_metrics(out), out / VALID_PLOT,
                                  title=f"meta-validation ({config.validation.name}): {config.name}")
 
@@ -358,7 +404,8 @@ def for_user_family(config, family, validation_tasks=None):
         max_horizon=min(config.distribution.max_horizon, config.validation.max_horizon),
     )
     return dataclasses.replace(config, name=f"{config.name}-{family.name}",
-                               distribution=distribution, validation=validation)
+                               distribution=distribution, validation=validation,
+                               ood_validation=None)
 
 
 def _log(message):

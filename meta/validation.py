@@ -21,6 +21,14 @@ Lower is better; 1 is "no progress", 1.5 "diverged". The set is fixed (its
 name carries a version): scores of different runs and checkpoints are
 comparable. `python -m meta.evaluate --theta PATH` scores any checkpoint.
 
+A second kind of set, `FixedValidationSet`, lists its tasks by hand: the
+out-of-distribution set `meta.ood_validation.OOD_VALIDATION`, architectures
+meta-training never samples. Given each task's Adam(1e-3) reference
+(`meta.adam_reference`), `score` also says, per task, how the theta's
+`final` compares with Adam's, and every score has per-family rows;
+`judge` compares two scores the way a theta must be judged: the paired
+difference and whether any family got worse.
+
 >>> tasks = validation_tasks()          # "cpu-valid-v1": 21 tasks, 3 per family
 >>> records = LocalScorer(theta).score(tasks)
 >>> score(records)["final"]
@@ -79,6 +87,38 @@ class ValidationSet:
 CPU_VALIDATION = ValidationSet("cpu-valid-v1", ALL_FAMILIES)
 
 
+@dataclasses.dataclass(frozen=True)
+class FixedValidationSet:
+    """A named, versioned set of hand-written `ValidationTask`s."""
+
+    name: str
+    tasks_list: tuple
+
+    def tasks(self):
+        return tuple(self.tasks_list)
+
+    @property
+    def families(self):
+        return tuple(dict.fromkeys(t.config["family"] for t in self.tasks_list))
+
+
+def reference_specs(tasks):
+    """`(config, steps, data_seed)` of each task's Adam reference (`meta.adam_reference`)."""
+    return [(t.config, t.horizon, t.data_seed) for t in tasks]
+
+
+def task_references(tasks, records):
+    """`{task name: reference record}` for the tasks whose reference is in `records`."""
+    from meta.adam_reference import reference_key
+
+    found = {}
+    for task in tasks:
+        record = records.get(reference_key(task.config, task.horizon, task.data_seed))
+        if record is not None:
+            found[task.name] = record
+    return found
+
+
 def validation_tasks(validation_set=CPU_VALIDATION):
     """The tasks of `validation_set`, in a fixed order (family by family)."""
     from meta.task_distribution import family_name, sample_family_config
@@ -107,22 +147,71 @@ def task_summary(record):
     return float(values[-last:].mean()), float(values.mean())
 
 
-def score(records):
+ABOVE_ADAM = 1.1  # a task "ends above Adam" when its final is > 10% above Adam's
+
+
+def score(records, references=None):
     """The meta-validation score of a theta from its per-task records.
 
-    Returns `{"final", "final_se", "mean", "mean_se", "tasks": {name: [final, mean]}}`.
+    Args:
+        records: per-task records (`ParticleRunner.score_task`).
+        references: None, or `{task name: Adam reference record}`.
+
+    Returns `{"final", "final_se", "mean", "mean_se", "tasks": {name: [final,
+    mean]}, "families": {family: {"final", "mean", "tasks"}}}` and, with
+    references, `"vs_adam": {name: final / Adam's final}`, `"above_adam"`
+    (the tasks more than 10% above Adam, worst first) and `"worst_vs_adam"`.
     """
     summaries = {r["name"]: task_summary(r) for r in records}
     finals = np.asarray([s[0] for s in summaries.values()])
     means = np.asarray([s[1] for s in summaries.values()])
     n = max(1, finals.size)
-    return {
+    families = {}
+    for record in records:
+        families.setdefault(record["family"], []).append(summaries[record["name"]])
+    result = {
         "final": float(finals.mean()),
         "final_se": float(finals.std(ddof=1) / math.sqrt(n)) if n > 1 else 0.0,
         "mean": float(means.mean()),
         "mean_se": float(means.std(ddof=1) / math.sqrt(n)) if n > 1 else 0.0,
         "tasks": {name: [round(f, 6), round(m, 6)] for name, (f, m) in summaries.items()},
+        "families": {family: {"final": round(float(np.mean([v[0] for v in values])), 6),
+                              "mean": round(float(np.mean([v[1] for v in values])), 6),
+                              "tasks": len(values)}
+                     for family, values in families.items()},
     }
+    if references:
+        ratios = {name: round(summaries[name][0] / max(references[name]["final"], 1e-6), 4)
+                  for name in summaries if name in references}
+        result["vs_adam"] = ratios
+        result["above_adam"] = sorted((name for name, r in ratios.items() if r > ABOVE_ADAM),
+                                      key=lambda name: -ratios[name])
+        result["worst_vs_adam"] = max(ratios.values()) if ratios else None
+    return result
+
+
+# A family "collapses" when its mean final normalised loss rises by this much.
+COLLAPSE = 0.05
+
+
+def judge(candidate, reference):
+    """How `candidate` compares with `reference` (two `score`s on the same set).
+
+    Returns `{"final": (difference, paired SE), "mean": (...), "families":
+    {family: final difference}, "collapsed": [families whose mean final
+    rose by more than COLLAPSE (absolute), worst first], "better": the
+    paired `final` difference is below zero by more than two standard
+    errors and no family collapsed}`: a theta is not better if it lowers
+    the mean and collapses a family.
+    """
+    final = paired_difference(candidate, reference, "final")
+    mean = paired_difference(candidate, reference, "mean")
+    families = {family: round(candidate["families"][family]["final"] - values["final"], 6)
+                for family, values in reference.get("families", {}).items()
+                if family in candidate.get("families", {})}
+    collapsed = sorted((f for f, d in families.items() if d > COLLAPSE), key=lambda f: -families[f])
+    return {"final": final, "mean": mean, "families": families, "collapsed": collapsed,
+            "better": final[0] < -2 * final[1] and not collapsed}
 
 
 def paired_difference(candidate, reference, key="final"):

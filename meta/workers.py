@@ -7,6 +7,9 @@ Both pools take the same calls from the learner:
 * `score(z, tasks)` -> one record per meta-validation task, in order
   (tasks are spread over the workers);
 * `get_particles()` / `set_particles(particles)` for checkpoints;
+* `compute_references(specs)` -> `{key: record}`: Adam(1e-3) reference runs
+  (`meta.adam_reference`), spread over the workers;
+  `set_references(records)` hands them to every runner;
 * `close()`.
 
 `RayPool` is a synchronous learner's view of Ray (Moritz et al., 2018):
@@ -41,6 +44,12 @@ class LocalPool:
     def compile_tasks(self, configs):
         return self.runner.compile_tasks(configs)
 
+    def compute_references(self, specs):
+        return self.runner.compute_references(specs)
+
+    def set_references(self, records):
+        self.runner.set_references(records)
+
     def get_particles(self):
         return self.runner.get_particles()
 
@@ -70,6 +79,12 @@ class _ParticleActor:
     def compile_tasks(self, configs):
         return self.runner.compile_tasks(configs)
 
+    def compute_references(self, specs):
+        return self.runner.compute_references(specs)
+
+    def set_references(self, records):
+        self.runner.set_references(records)
+
     def get_particles(self):
         return self.runner.get_particles()
 
@@ -97,7 +112,14 @@ class RayPool:
         self._ray = ray
         self._actor_class = ray.remote(num_cpus=1, max_restarts=0)(_ParticleActor)
         self._arguments = runner_arguments
+        self._references = {}
         self.actors = [self._actor_class.remote(runner_arguments) for _ in range(workers)]
+
+    def _restart(self, index):
+        """A fresh actor in place of a dead one, with the references the others hold."""
+        self.actors[index] = self._actor_class.remote(self._arguments)
+        if self._references:
+            self.actors[index].set_references.remote(self._ray.put(self._references))
 
     def _members_of(self, index, members):
         return [m for m in members if m % len(self.actors) == index]
@@ -116,7 +138,7 @@ class RayPool:
                 results.extend(ray.get(reference))
             except (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError):
                 failed.extend(own)
-                self.actors[index] = self._actor_class.remote(self._arguments)
+                self._restart(index)
         results.sort(key=lambda result: result["member"])
         return results, sorted(failed)
 
@@ -139,7 +161,7 @@ class RayPool:
                     for i, record in zip(own, ray.get(reference)):
                         records[i] = record
                 except (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError):
-                    self.actors[index] = self._actor_class.remote(self._arguments)
+                    self._restart(index)
         if any(r is None for r in records):
             raise RuntimeError("meta-validation failed three times on the Ray workers.")
         return records
@@ -149,6 +171,21 @@ class RayPool:
         calls = [actor.compile_tasks.remote(configs[index::len(self.actors)])
                  for index, actor in enumerate(self.actors)]
         return sum(self._ray.get(calls))
+
+    def compute_references(self, specs):
+        """Spec i on actor i % workers."""
+        calls = [actor.compute_references.remote(specs[index::len(self.actors)])
+                 for index, actor in enumerate(self.actors)]
+        records = {}
+        for part in self._ray.get(calls):
+            records.update(part)
+        return records
+
+    def set_references(self, records):
+        """Every actor gets every record (one object-store copy); restarted actors get them again."""
+        self._references = {**self._references, **records}
+        reference = self._ray.put(self._references)
+        self._ray.get([actor.set_references.remote(reference) for actor in self.actors])
 
     def get_particles(self):
         particles = {}

@@ -3,8 +3,8 @@
 Small MLPs on scikit-learn's bundled tables: classification (breast cancer,
 wine) with cross-entropy, or regression (diabetes, and `friedman1`
 generated offline) with the mean squared error of a standardised target.
-`iris` is accepted but never sampled (out-of-distribution meta-validation
-uses it). Samples depth 1-4, widths 16-256, activation, initializer,
+`iris` and `friedman2` are accepted but never sampled (out-of-distribution
+meta-validation uses them). Samples depth 1-4, widths 16-256, activation, initializer,
 normalization (none, LayerNorm, BatchNorm) and batch size.
 """
 

@@ -20,6 +20,11 @@ os.environ.setdefault("KERAS_VELO_TORCH_COMPILE", "0")
 os.environ.setdefault(
     "KERAS_VELO_CACHE_DIR", str(pathlib.Path(tempfile.gettempdir()) / "keras_velo_test_cache")
 )
+# Meta-training's Adam references (meta.adam_reference) of the tests' tiny
+# tasks stay out of the committed meta/references/.
+os.environ.setdefault(
+    "KERAS_VELO_REFERENCE_DIR", str(pathlib.Path(tempfile.gettempdir()) / "keras_velo_test_references")
+)
 
 import pytest  # noqa: E402
 

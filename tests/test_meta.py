@@ -236,28 +236,50 @@ def _config(**overrides):
     return dataclasses.replace(get_preset("smoke"), **{"workers": 0, **overrides})
 
 
-def _runner(z_space, config, gradients=False, arms="center", truncation=None):
+def _runner(z_space, config, gradients=False, arms="center", truncation=None, objective=None,
+            reference=None):
+    """A runner; `reference` (a constant) stands in for Adam's normalised loss on every task."""
     from meta.particles import ParticleRunner
+    from meta.task_distribution import sample_member_task
 
-    return ParticleRunner(z_space, config.distribution, config.seed, config.sigma,
-                          truncation, config.max_loss_ratio, arms, gradients)
+    runner = ParticleRunner(z_space, config.distribution, config.seed, config.sigma,
+                            truncation, config.max_loss_ratio, arms, gradients, objective)
+    if reference is not None:
+        task = sample_member_task(config.distribution, config.seed, 0, 0)
+        runner.set_references({runner.member_reference_key(task.config): {"curve": [reference] * 10}})
+    return runner
 
 
-def test_truncated_backprop_matches_finite_differences_of_the_truncation():
+@pytest.mark.parametrize("objective", [
+    None,
+    # 3 of the 6 steps in the final segment, and the Adam penalty active on some of them.
+    {"final_share": 0.7, "final_fraction": 0.9, "adam_penalty": 2.0},
+])
+def test_truncated_backprop_matches_finite_differences_of_the_truncation(objective):
     """The gradient of a 6-step truncation's meta-loss with respect to z (the step-size
-    head, in a random 4-dim subspace of it) against central differences of fresh runs."""
+    head, in a random 4-dim subspace of it) against central differences of fresh runs,
+    for the area under the curve and for an objective weighing the end against Adam."""
+    from meta.objective import MetaObjective
     from meta.subspace import SubspaceSpec, ThetaSubspace
 
     config = _config()
+    objective = objective and MetaObjective(**objective)
+    reference = 0.9 if objective else None
     space = ThetaSubspace(SubspaceSpec(("step_size_head",), 4, seed=1), _bundled())
     z = np.zeros(space.size, np.float32)
-    gradient = _runner(space, config, gradients=True, truncation=6).run_member(z, 0, 0)["gradient"]
+    result = _runner(space, config, gradients=True, truncation=6, objective=objective,
+                     reference=reference).run_member(z, 0, 0)
+    gradient = result["gradient"]
+    if objective:
+        assert result["losses"][0] != pytest.approx(result["normalised"])  # the objective weighs
     h = 0.05
     for k in range(space.size):
         step = np.zeros_like(z)
         step[k] = h
-        up = _runner(space, config, truncation=6).run_member(z + step, 0, 0)["losses"][0]
-        down = _runner(space, config, truncation=6).run_member(z - step, 0, 0)["losses"][0]
+        up = _runner(space, config, truncation=6, objective=objective,
+                     reference=reference).run_member(z + step, 0, 0)["losses"][0]
+        down = _runner(space, config, truncation=6, objective=objective,
+                       reference=reference).run_member(z - step, 0, 0)["losses"][0]
         difference = (up - down) / (2 * h)
         assert gradient[k] == pytest.approx(difference, rel=0.05, abs=2e-4), k
     assert np.abs(gradient).max() > 1e-3  # the step size matters: not a vacuous match
@@ -313,18 +335,21 @@ class _QuadraticPool:
         return results, []
 
 
-@pytest.mark.parametrize("estimator, shaping", [
-    ("es", "none"), ("es", "sign"), ("es", "centered_ranks"), ("tbptt", "none"),
-    ("pes+tbptt", "none"),
+@pytest.mark.parametrize("estimator, shaping, tail", [
+    ("es", "none", 0), ("es", "sign", 0), ("es", "centered_ranks", 0), ("tbptt", "none", 0),
+    ("pes+tbptt", "none", 0), ("tbptt", "none", 1.0), ("pes+tbptt", "none", 1.0),
 ])
-def test_meta_learner_descends_a_known_meta_loss(estimator, shaping):
+def test_meta_learner_descends_a_known_meta_loss(estimator, shaping, tail):
     """Each estimate + clipping + Adam, as `train` runs them, minimise a quadratic in 50
-    parameters. A wrong sign anywhere (weights, perturbation regeneration, the
-    gradients, the update) makes the loss grow; a learner ignoring the estimate leaves it."""
+    parameters, with and without the objective's tail weights over members. A wrong sign
+    anywhere (weights, perturbation regeneration, the gradients, the update) makes the
+    loss grow; a learner ignoring the estimate leaves it."""
     from meta.learner import MetaLearner
+    from meta.objective import MetaObjective
 
     rng = np.random.default_rng(0)
-    config = _config(estimator=estimator, members=8, learning_rate=0.05, shaping=shaping)
+    config = _config(estimator=estimator, members=8, learning_rate=0.05, shaping=shaping,
+                     objective=MetaObjective(tail_weight=tail))
     pool = _QuadraticPool(config, rng.normal(size=50).astype(np.float32),
                           rng.uniform(0.5, 2.0, 50), gradient_noise=1.0)
     learner = MetaLearner.start(config, 50)
@@ -358,7 +383,7 @@ def test_meta_training_repairs_a_damaged_step_size(tmp_path):
 
     valid = validation_records(read_metrics(tmp_path / "run"))
     damaged, repaired = valid[0]["meta_valid"]["final"], valid[-1]["meta_valid"]["final"]
-    healthy = score_theta(_bundled(), config.validation, workers=0)["final"]
+    healthy = score_theta(_bundled(), [config.validation], workers=0)[config.validation.name]["final"]
     assert healthy < damaged
     print(f"known answer (small): damaged {damaged:.4f}, repaired {repaired:.4f}, undamaged "
           f"{healthy:.4f}: {(damaged - repaired) / (damaged - healthy):.0%} of the gap")
@@ -376,7 +401,7 @@ def test_runs_validate_the_start_once_then_every_n_iterations(tmp_path):
     train(config, tmp_path / "run", progress=False)
     valid = validation_records(read_metrics(tmp_path / "run"))
     assert [r["after_iteration"] for r in valid] == [0, 2, 4]
-    start = score_theta(_bundled(), config.validation, workers=0)
+    start = score_theta(_bundled(), [config.validation], workers=0)[config.validation.name]
     assert valid[0]["meta_valid"] == start  # the same scoring as python -m meta.evaluate
     assert set(valid[0]["meta_valid"]["tasks"]) == {t.name for t in config.validation.tasks()}
     assert (tmp_path / "run" / "meta_valid.png").stat().st_size > 0
@@ -452,8 +477,9 @@ def test_evaluate_cli_scores_a_run_and_a_theta(tmp_path):
     assert main(["--theta", "bundled", "--validation", "smoke", "--workers", "0",
                  "--against", "bundled", "--json", str(out)]) == 0
     results = json.loads(out.read_text())
-    assert results["score"] == results["against"]["score"]
-    assert results["final_difference"] == [0.0, 0.0]
+    assert results["scores"] == results["against"]["scores"]
+    assert results["judgement"]["smoke-valid"]["final"] == [0.0, 0.0]
+    assert results["judgement"]["smoke-valid"]["collapsed"] == []
 
 
 # ------------------------------------------------------------- user families

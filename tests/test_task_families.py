@@ -292,7 +292,7 @@ def test_residual_net_normalises_inside_the_branch_and_not_before_the_head():
 
 
 def test_tables_are_standardised_and_split_without_overlap():
-    for name in ("wine", "diabetes", "friedman1", "iris", "breast_cancer"):
+    for name in ("wine", "diabetes", "friedman1", "friedman2", "iris", "breast_cancer"):
         x_train, y_train = datasets.load_table(name, "train")
         x_test, _ = datasets.load_table(name, "test")
         np.testing.assert_allclose(x_train.mean(axis=0), 0.0, atol=1e-5)
