@@ -121,6 +121,9 @@ def plot(rows, path, title, top=30.0):
     import matplotlib.pyplot as plt
 
     present = [(k, label) for k, label in SETS if any(k in r["valid"][0] for r in rows.values())]
+    changes = [100 * (r[k]["final"] / row["valid"][0][k]["final"] - 1)
+               for row in rows.values() for k, _ in present for r in row["valid"] if k in r]
+    top = min(top, max(changes, default=0) + 2)
     figure, axes = plt.subplots(1, max(1, len(present)), figsize=(5.5 * max(1, len(present)), 4),
                                 squeeze=False)
     for index, (name, row) in enumerate(rows.items()):

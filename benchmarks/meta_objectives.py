@@ -5,7 +5,10 @@
         --variant final+adam+tail                                                # start points
 
 Every variant is the `cpu` preset on the wide task distribution (all eleven
-families, 3 configs each, horizons 100-3,000: `meta.configs.WIDE_DISTRIBUTION`),
+families, 3 configs each, horizons 100-3,000:
+`meta.configs.WIDE_DISTRIBUTION_POOL3` for the objectives, as they were
+compared; `WIDE_DISTRIBUTION`, with six residual nets so that BatchNorm
+ones are among them, for the start points),
 trained for `--minutes` of training time (meta-validation excluded) and
 scored every `--validate-every` training minutes on `cpu-valid-v1` and
 `ood-valid-v1`, each task also against its Adam(1e-3) reference.
@@ -60,12 +63,12 @@ def objectives():
 STARTS = {"bootstrap": "bundled", "repaired": REPAIRED, "bootstrap-half-step": "bundled-step:0.5"}
 
 
-def variant_config(name, minutes, validate_every):
-    from meta.configs import WIDE_DISTRIBUTION, get_preset
+def variant_config(name, minutes, validate_every, distribution=None):
+    from meta.configs import WIDE_DISTRIBUTION_POOL3, get_preset
 
     estimator, shaping, members, objective = objectives()[name]
     return dataclasses.replace(
-        get_preset("cpu"), name=f"cpu-wide-{name}", distribution=WIDE_DISTRIBUTION,
+        get_preset("cpu"), name=f"cpu-wide-{name}", distribution=distribution or WIDE_DISTRIBUTION_POOL3,
         estimator=estimator, shaping=shaping, members=members, objective=objective,
         minutes=minutes, iterations=100_000, validate_every_minutes=validate_every,
     )
@@ -124,7 +127,9 @@ def main(argv=None):
                               f"{members} members: {objective.describe()}"
                         for name, (estimator, shaping, members, objective) in objectives().items()}
     else:
-        config = variant_config(args.variant, args.minutes, args.validate_every)
+        from meta.configs import WIDE_DISTRIBUTION
+
+        config = variant_config(args.variant, args.minutes, args.validate_every, WIDE_DISTRIBUTION)
         runs = {start: (config, init) for start, init in STARTS.items()}
         descriptions = {start: f"{args.variant} from {init}" for start, init in STARTS.items()}
     if args.only:

@@ -19,7 +19,9 @@ after a kill -- draws the same task for the same member and episode:
 With `config_pool` k, the config is one of k fixed draws per family (the
 horizon, scale and batch order still vary): on a CPU, where compiling a new
 architecture costs more than training it for a truncation, compiled steps
-are then reused.
+are then reused. `pool_sizes` gives some families more draws than k (so
+that a family with variants that matter, such as residual nets with and
+without BatchNorm, is covered).
 """
 
 import dataclasses
@@ -44,6 +46,8 @@ class TaskDistribution:
         min_horizon, max_horizon: horizons are log-uniform in this range.
         param_scale_range: the parameter-scale augmentation's range.
         config_pool: None, or the number of fixed configs per family.
+        pool_sizes: `((family name, k), ...)`: families with another number of
+            fixed configs than `config_pool`.
     """
 
     families: tuple
@@ -52,6 +56,7 @@ class TaskDistribution:
     max_horizon: int
     param_scale_range: tuple = (1.0, 1.0)
     config_pool: int | None = None
+    pool_sizes: tuple = ()
 
     def __post_init__(self):
         from task_families import FAMILIES
@@ -71,12 +76,20 @@ class TaskDistribution:
         low, high = self.param_scale_range
         if self.config_pool is not None and self.config_pool < 1:
             raise ValueError(f"config_pool must be None or >= 1, got {self.config_pool!r}.")
+        object.__setattr__(self, "pool_sizes", tuple(tuple(p) for p in self.pool_sizes))
+        names = [family_name(f) for f in self.families]
+        for name, size in self.pool_sizes:
+            if name not in names or not (isinstance(size, int) and size >= 1) or self.config_pool is None:
+                raise ValueError(f"pool_sizes must pair families of this distribution with sizes >= 1 "
+                                 f"(and needs config_pool), got {self.pool_sizes!r}.")
         if not 0 < low <= high:
             raise ValueError(f"param_scale_range must be (low, high) with 0 < low <= high, got {self.param_scale_range!r}.")
 
     def to_dict(self):
         data = dataclasses.asdict(self)
         data["families"] = [family_name(f) for f in self.families]
+        if not self.pool_sizes:  # as runs recorded it before pool_sizes existed
+            del data["pool_sizes"]
         return data
 
     def pool_configs(self):
@@ -84,7 +97,11 @@ class TaskDistribution:
         if self.config_pool is None:
             raise ValueError("a distribution without config_pool has no finite set of configs.")
         return [sample_family_config(f, seed, self.max_flops_per_step)
-                for f in self.families for seed in range(self.config_pool)]
+                for f in self.families for seed in range(self.pool_size(f))]
+
+    def pool_size(self, family):
+        """The number of fixed configs of `family` (with `config_pool`)."""
+        return dict(self.pool_sizes).get(family_name(family), self.config_pool)
 
     def register_user_families(self):
         """Makes this distribution's user families buildable in this process."""
@@ -137,7 +154,7 @@ def sample_member_task(distribution, seed, member, episode_start):
     family = distribution.families[int(rng.integers(len(distribution.families)))]
     config_seed = int(rng.integers(2**31))
     if distribution.config_pool is not None:
-        config_seed %= distribution.config_pool
+        config_seed %= distribution.pool_size(family)
     config = sample_family_config(family, config_seed, distribution.max_flops_per_step)
     horizon = int(round(_log_uniform(rng, distribution.min_horizon, distribution.max_horizon)))
     scale = _log_uniform(rng, *distribution.param_scale_range)
