@@ -6,10 +6,10 @@
 `--warm` first compiles every program the variants run into JAX's
 persistent cache (`meta_comparison.warm_compilation_cache`), so that the
 comparison measures learning at steady state, not compilation. Each variant is the
-`cpu` preset with another estimator, part of theta and
+`cpu-v2` preset (the `cpu` preset when it ran) with another estimator, part of theta and
 meta learning rate (`VARIANTS`), trained for `--minutes` of training time
 (meta-validation excluded) from the same starting theta, on the same
-members' tasks, scored on the `cpu` meta-validation set every
+members' tasks, scored on `cpu-valid-v1` every
 `--validate-every` training minutes. Runs are resumable (an interrupted
 comparison continues where it stopped; a finished variant is not rerun).
 Writes `OUT/table.md` (the score at the end against the start, with the
@@ -44,7 +44,7 @@ def variant_config(name, minutes, validate_every):
 
     estimator, blocks, dimension, learning_rate = VARIANTS[name]
     return dataclasses.replace(
-        get_preset("cpu"), name=f"cpu-{name}", estimator=estimator,
+        get_preset("cpu-v2"), name=f"cpu-{name}", estimator=estimator,
         subspace=SubspaceSpec(blocks, dimension), learning_rate=learning_rate,
         minutes=minutes, iterations=100_000, validate_every_minutes=validate_every,
         ood_validation=None,  # compared on cpu-valid-v1, as when they ran

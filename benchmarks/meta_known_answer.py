@@ -4,10 +4,10 @@
     KERAS_BACKEND=jax python benchmarks/meta_known_answer.py --minutes 10
 
 Damage: the bundled (bootstrap) theta with its step-size head scaled by
-`--step-scale` (0.1: every step ten times too small). The `cpu` preset, as
-shipped (its estimator and part of theta), meta-trains from the damaged
-theta for `--minutes` of training time on the 2-core CPU, scored on the
-`cpu` meta-validation set along the way. The answer is known: the
+`--step-scale` (0.1: every step ten times too small). The `cpu-v2` preset
+(the `cpu` preset when it ran: its estimator and part of theta)
+meta-trains from the damaged theta for `--minutes` of training time on the
+2-core CPU, scored on `cpu-valid-v1` along the way. The answer is known: the
 undamaged theta's score. The run passes if it wins back at least half of
 the meta-validation gap between the damaged and the undamaged theta.
 
@@ -44,7 +44,7 @@ def main(argv=None):
 
     out = pathlib.Path(args.out)
     start = f"{STEP_SCALED}{args.step_scale:g}"  # the damage: meta.train.initial_theta
-    config = dataclasses.replace(get_preset("cpu"), minutes=args.minutes, iterations=100_000,
+    config = dataclasses.replace(get_preset("cpu-v2"), minutes=args.minutes, iterations=100_000,
                                  validate_every_minutes=args.validate_every,
                                  workers=args.workers)
     healthy_path = out / "undamaged_score.json"

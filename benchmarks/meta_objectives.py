@@ -68,7 +68,7 @@ def variant_config(name, minutes, validate_every, distribution=None):
 
     estimator, shaping, members, objective = objectives()[name]
     return dataclasses.replace(
-        get_preset("cpu"), name=f"cpu-wide-{name}", distribution=distribution or WIDE_DISTRIBUTION_POOL3,
+        get_preset("cpu-v2"), name=f"cpu-wide-{name}", distribution=distribution or WIDE_DISTRIBUTION_POOL3,
         estimator=estimator, shaping=shaping, members=members, objective=objective,
         minutes=minutes, iterations=100_000, validate_every_minutes=validate_every,
     )
@@ -134,9 +134,8 @@ def main(argv=None):
         descriptions = {start: f"{args.variant} from {init}" for start, init in STARTS.items()}
     if args.only:
         runs = {name: runs[name] for name in args.only.split(",")}
-    if args.warm:
-        for init in dict.fromkeys(init for _, init in runs.values()):
-            warm_compilation_cache([c for c, i in runs.values() if i == init], init)
+    if args.warm:  # the programs do not depend on theta's values: one start serves all
+        warm_compilation_cache([config for config, _ in runs.values()], next(iter(runs.values()))[1])
     for name, (config, init) in runs.items():
         print(f"== {name}: {config.minutes:g} training minutes from {init}", flush=True)
         run_variant(config, out / name, init)

@@ -15,10 +15,10 @@ final training loss over the first); the curve lands in
 
 From the command line, the same run is
 
-    python -m meta.train --config cpu --family my_module:regression_family \
+    python -m meta.train --config cpu-v2 --family my_module:regression_family \
         --members 4 --workers 0 --minutes 4 --out runs/mine
 
-What moves: the `cpu` preset's three blocks of VeLO's network (the
+What moves: the `cpu-v2` preset's three blocks of VeLO's network (the
 step-size head, the per-parameter MLP bank and the mix layers; 72,961
 weights), by Persistent ES and truncated backprop combined by inverse
 variance; `meta/README.md` says how the estimators and parts of theta
@@ -82,7 +82,7 @@ def main(argv=None):
     from meta.train import meta_train, read_metrics
 
     meta_train(
-        args.out, family=regression_family, config="cpu", init=args.init, resume=args.resume,
+        args.out, family=regression_family, config="cpu-v2", init=args.init, resume=args.resume,
         members=4, workers=0, minutes=args.minutes, iterations=100_000,
         validate_every_minutes=args.minutes / args.validations,
         validation_tasks=args.validation_tasks,

@@ -1,7 +1,7 @@
 """The ship gate: whether a meta-trained theta may replace the bundled weights.
 
-    python -m meta.ship_gate --study STUDY_DIR --comparison COMPARE_DIR \
-        --meta-validation SCORES.json [--candidate NAME] [--out GATE.md]
+    python -m meta.ship_gate [--study STUDY_DIR] [--comparison COMPARE_DIR] \
+        [--meta-validation SCORES.json] [--candidate NAME] [--out GATE.md]
 
 A theta ships as `weights="bundled"` only if every criterion holds; else
 the bootstrap stays, and the model card says which failed. The inputs are
@@ -25,6 +25,12 @@ the artefacts the three evaluations write:
   at least 5% below the bootstrap's and beyond two paired standard
   errors, and no task ending more than 10% above its Adam(1e-3)
   reference (`meta.validation.ABOVE_ADAM`).
+
+Each evaluation costs CPU time (the study ~1.5 h, the examples ~40
+minutes, meta-validation minutes), and one failed criterion decides, so
+any of the three may be left out: its criteria are reported as not run
+(`passed` None), and the verdict is "does not ship" as soon as one that
+ran fails, "undecided" while none failed and some did not run.
 
 `gate(...)` is pure (the criteria from loaded artefacts) and returns one
 `Criterion` per check.
@@ -55,7 +61,7 @@ class Criterion:
     name: str
     value: str
     required: str
-    passed: bool
+    passed: bool | None  # None: its evaluation was not run
 
 
 def canonical_criteria(runs, algorithm=VELO_ALGORITHM):
@@ -136,18 +142,44 @@ def meta_validation_criteria(scores):
     return criteria
 
 
+NOT_RUN = {
+    "canonical": ("canonical-cpu-v1 (3 trials): median speed-up, benchmark scores, workloads above "
+                  f"Adam(1e-3)", f">= {MIN_MEDIAN_SPEEDUP}; >= {MIN_SCORE_TRAIN} / {MIN_SCORE_VALIDATION}; 0"),
+    "comparison": ("examples/compare.py: examples worse than the bootstrap, KerasHub examples vs AdamW",
+                   "0; <= AdamW on each"),
+    "meta_validation": ("meta-validation on both held-out sets: final against the bootstrap, tasks above "
+                        "Adam(1e-3)", f"<= -{MIN_META_VALIDATION_GAIN:.0%} beyond 2 paired SE; 0"),
+}
+
+
 def gate(runs, comparison, candidate, scores):
-    """Every criterion (`Criterion`), from the loaded artefacts."""
-    return canonical_criteria(runs) + comparison_criteria(comparison, candidate) + \
-        meta_validation_criteria(scores)
+    """Every criterion (`Criterion`), from the loaded artefacts; an artefact given as None
+    (its evaluation not run) is one criterion with `passed` None."""
+    def or_not_run(key, artefact, criteria):
+        if artefact is None:
+            return [Criterion(NOT_RUN[key][0], "not run", NOT_RUN[key][1], None)]
+        return criteria(artefact)
+
+    return (or_not_run("canonical", runs, canonical_criteria)
+            + or_not_run("comparison", comparison, lambda c: comparison_criteria(c, candidate))
+            + or_not_run("meta_validation", scores, meta_validation_criteria))
+
+
+def verdict(criteria):
+    """"ships" (every criterion ran and holds), "does not ship" (one that ran fails) or "undecided"."""
+    if any(c.passed is False for c in criteria):
+        return "does not ship"
+    return "ships" if all(c.passed for c in criteria) else "undecided"
 
 
 def markdown(criteria):
+    marks = {True: "pass", False: "**fail**", None: "not run"}
     lines = ["| criterion | measured | required | |", "|---|---|---|---|"]
-    lines += [f"| {c.name} | {c.value} | {c.required} | {'pass' if c.passed else '**fail**'} |"
-              for c in criteria]
-    verdict = "ships" if all(c.passed for c in criteria) else "does not ship"
-    return "\n".join(lines) + f"\n\n{sum(c.passed for c in criteria)} of {len(criteria)} hold: the candidate {verdict}.\n"
+    lines += [f"| {c.name} | {c.value} | {c.required} | {marks[c.passed]} |" for c in criteria]
+    ran = [c for c in criteria if c.passed is not None]
+    return ("\n".join(lines) + f"\n\n{sum(bool(c.passed) for c in ran)} of {len(ran)} criteria run hold"
+            + (f" ({len(criteria) - len(ran)} not run)" if len(ran) < len(criteria) else "")
+            + f": the candidate {verdict(criteria)}.\n")
 
 
 def _median(values):
@@ -158,22 +190,33 @@ def _median(values):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m meta.ship_gate", description=__doc__.split("\n")[0])
-    parser.add_argument("--study", required=True, help="canonical-cpu-v1 study directory")
-    parser.add_argument("--comparison", required=True, help="examples/compare.py output directory")
+    parser.add_argument("--study", help="canonical-cpu-v1 study directory (left out: not run)")
+    parser.add_argument("--comparison", help="examples/compare.py output directory (left out: not run)")
     parser.add_argument("--candidate", default="candidate", help="the candidate's name in --comparison")
-    parser.add_argument("--meta-validation", required=True, help="python -m meta.evaluate --json output")
+    parser.add_argument("--meta-validation", help="python -m meta.evaluate --json output (left out: not run)")
     parser.add_argument("--out", help="write the table here (markdown)")
     args = parser.parse_args(argv)
+    if not (args.study or args.comparison or args.meta_validation):
+        parser.error("give at least one of --study, --comparison, --meta-validation")
     from evaluation.scoring import load_runs
 
-    criteria = gate(load_runs(args.study),
-                    json.loads(pathlib.Path(args.comparison, "results.json").read_text()),
-                    args.candidate, json.loads(pathlib.Path(args.meta_validation).read_text()))
+    runs = None
+    if args.study:
+        runs = load_runs(args.study)
+        if not runs:
+            parser.error(f"no finished runs under {args.study}/runs (a report's runs.tar.gz must be "
+                         "unpacked first: tar -xzf runs.tar.gz -C DIR)")
+    criteria = gate(runs,
+                    json.loads(pathlib.Path(args.comparison, "results.json").read_text())
+                    if args.comparison else None,
+                    args.candidate,
+                    json.loads(pathlib.Path(args.meta_validation).read_text())
+                    if args.meta_validation else None)
     text = markdown(criteria)
     print(text)
     if args.out:
         pathlib.Path(args.out).write_text(text)
-    return 0 if all(c.passed for c in criteria) else 1
+    return 0 if verdict(criteria) == "ships" else 1
 
 
 if __name__ == "__main__":

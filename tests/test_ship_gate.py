@@ -83,3 +83,27 @@ def test_the_verdict_needs_every_criterion():
     assert "the candidate ships" in ship_gate.markdown(good)
     assert "does not ship" in ship_gate.markdown(good + [ship_gate.Criterion("b", "0", "1", False)])
     assert copy.deepcopy(good) == good
+
+
+def test_an_evaluation_left_out_is_not_run_and_leaves_the_verdict_open_unless_one_fails():
+    passing = _scores(-0.03, 0.01, [])
+    open_ = ship_gate.gate(None, None, "candidate", passing)
+    assert [c.passed for c in open_] == [None, None, True, True]
+    assert ship_gate.verdict(open_) == "undecided"
+    assert "2 of 2 criteria run hold (2 not run): the candidate undecided" in ship_gate.markdown(open_)
+    failing = ship_gate.gate(None, None, "candidate", _scores(-0.01, 0.001, []))
+    assert ship_gate.verdict(failing) == "does not ship"
+    assert ship_gate.verdict(ship_gate.gate(None, _comparison(), "candidate", passing)) == "undecided"
+
+
+def test_the_command_line_gate_reads_a_partial_set_of_artefacts(tmp_path):
+    import json
+
+    scores = tmp_path / "scores.json"
+    scores.write_text(json.dumps(_scores(-0.01, 0.001, [])))
+    out = tmp_path / "gate.md"
+    assert ship_gate.main(["--meta-validation", str(scores), "--out", str(out)]) == 1
+    text = out.read_text()
+    assert "not run" in text and "does not ship" in text
+    with pytest.raises(SystemExit):
+        ship_gate.main([])
