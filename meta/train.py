@@ -310,8 +310,9 @@ def train(config, out, init="bundled", resume=False, address=None, progress=True
             entry["wall_time_s"] = time.perf_counter() - started
             with open(out / METRICS, "a") as file:
                 file.write(json.dumps(entry) + "\n")
+            sets = ", ".join(s.name for s in config.validation_sets())
             plot_meta_validation(read_metrics(out), out / VALID_PLOT,
-                                 title=f"meta-validation ({config.validation.name}): {config.name}")
+                                 title=f"meta-validation ({sets}): {config.name}")
 
         if not any(r.get("kind") == "validation" and r["after_iteration"] == learner.iteration
                    for r in read_metrics(out)):
