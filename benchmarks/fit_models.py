@@ -22,7 +22,18 @@ Models (`weights=None`, 10 classes): `mlp2`, `mlp32`, `mlp64` (784 inputs,
 `mobilenetv2` and `resnet50` (`keras.applications`, 32x32x3 inputs: 158 and
 214 tensors), `transformer12` (12 encoder blocks of Keras'
 `MultiHeadAttention` + LayerNorm + a 512-wide FFN, model width 128, 4 heads,
-sequence 32, vocabulary 1000, mean-pooled classifier: 198 tensors).
+sequence 32, vocabulary 1000, mean-pooled classifier: 198 tensors), and the
+two KerasHub models of `examples/` built from scratch exactly as there
+(KerasHub installed): `gpt2_hub` (`GPT2Backbone`, 2 layers of width 64, a
+byte-level LM over windows of 64) and `vit_hub` (`ViTBackbone`, 3 layers of
+width 64, 28x28x1 images in 7x7 patches).
+
+`--baseline adamw` compares with `keras.optimizers.AdamW` at Keras'
+defaults (what the KerasHub examples compare with) instead of Adam(1e-3).
+Besides compile and step, each row gives the time of a whole `fit` of the
+model's typical length (compile + steps x step: 200 steps for `gpt2_hub`,
+380 for `vit_hub` as the examples train, 1,000 for the rest), at the
+examples' batch sizes for the KerasHub models (64 and 128).
 
 The ratios VeLO/Adam are the figures to trust: both optimizers run in the
 same process under the same load. Tables go to stdout, progress to stderr;
@@ -44,7 +55,10 @@ import subprocess
 import sys
 import time
 
-MODELS = ("mlp2", "mlp32", "mlp64", "mobilenetv2", "resnet50", "transformer12")
+MODELS = ("mlp2", "mlp32", "mlp64", "mobilenetv2", "resnet50", "transformer12", "gpt2_hub", "vit_hub")
+WHOLE_FIT_STEPS = {"gpt2_hub": 200, "vit_hub": 380}  # as the examples train; others: 1,000
+BATCH_SIZES = {"vit_hub": 128}  # as the example trains; others: --batch-size (64)
+BASELINES = ("adam", "adamw")
 BACKENDS = ("jax", "tensorflow", "torch")
 OPTIMIZERS = ("adam", "velo")
 
@@ -77,6 +91,14 @@ def build_model(name, seed=0):
         return model, lambda n: (rng.random((n, 32, 32, 3), np.float32), labels(n))
     if name == "transformer12":
         return _transformer(blocks=12), lambda n: (rng.integers(0, 1000, (n, 32)), labels(n))
+    if name == "gpt2_hub":
+        example = _example("keras_hub_gpt2")
+        length = example.SEQUENCE_LENGTH
+        tokens = lambda n: rng.integers(0, 256, (n, length))  # noqa: E731
+        return example.build_model(seed), lambda n: (tokens(n), tokens(n))
+    if name == "vit_hub":
+        model = _example("keras_hub_vit").build_model((28, 28, 1), 10, seed)
+        return model, lambda n: (rng.random((n, 28, 28, 1), np.float32), labels(n))
     raise ValueError(f"Unknown model {name!r}; known: {', '.join(MODELS)}.")
 
 
@@ -94,7 +116,17 @@ def _transformer(blocks, width=128, heads=4, ffn=512, length=32, vocabulary=1000
     return keras.Model(tokens, keras.layers.Dense(10)(x))
 
 
-def _compiled(name, optimizer_name):
+def _example(module_name):
+    """A module of `examples/` (the KerasHub models are built exactly as there)."""
+    import importlib
+
+    examples = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples")
+    if examples not in sys.path:
+        sys.path.insert(0, examples)
+    return importlib.import_module(module_name)
+
+
+def _compiled(name, optimizer_name, baseline="adam"):
     import keras
 
     import keras_velo
@@ -104,6 +136,8 @@ def _compiled(name, optimizer_name):
         # On PyTorch the update is one torch.compile program (built in the
         # first fit call, so it counts as compile time).
         optimizer = keras_velo.VeLO(total_steps=1000, weights="bundled", compile_update=True)
+    elif baseline == "adamw":
+        optimizer = keras.optimizers.AdamW()  # Keras' defaults: 1e-3, weight decay 0.004
     else:
         optimizer = keras.optimizers.Adam(1e-3)
     jit = keras.backend.backend() != "torch"  # Keras on PyTorch: the model runs eagerly
@@ -117,9 +151,10 @@ def _compiled(name, optimizer_name):
     return model, data
 
 
-def measure(name, optimizer_name, batch_size, steps):
+def measure(name, optimizer_name, batch_size, steps, baseline="adam"):
     """`{"compile_s", "step_ms", "tensors", "params"}` of one fit run."""
-    model, data = _compiled(name, optimizer_name)
+    model, data = _compiled(name, optimizer_name, baseline)
+    batch_size = BATCH_SIZES.get(name, batch_size)
     x, y = data(batch_size * (steps + 1))
     start = time.perf_counter()
     model.fit(x[:batch_size], y[:batch_size], batch_size=batch_size, epochs=1, verbose=0)
@@ -155,25 +190,25 @@ def own_peak_rss_gb():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
 
 
-def peak_rss_child(backend, name, optimizer_name, batch_size, steps):
+def peak_rss_child(backend, name, optimizer_name, batch_size, steps, baseline="adam"):
     """Peak RSS (GB) of a fresh process running `measure` (its own high-water mark)."""
     command = [sys.executable, __file__, "--child-memory", name, optimizer_name,
-               "--batch-size", str(batch_size), "--steps", str(steps)]
+               "--batch-size", str(batch_size), "--steps", str(steps), "--baseline", baseline]
     env = dict(os.environ, KERAS_BACKEND=backend)
     result = subprocess.run(command, env=env, capture_output=True, text=True, check=True)
     return json.loads(result.stdout.strip().splitlines()[-1])["peak_rss_gb"]
 
 
-def run_backend(models, batch_size, steps, memory):
+def run_backend(models, batch_size, steps, memory, baseline="adam"):
     import keras
 
     backend = keras.backend.backend()
     rows = []
     for name in models:
-        row = {"model": name, "backend": backend}
+        row = {"model": name, "backend": backend, "baseline": baseline}
         for optimizer_name in OPTIMIZERS:
             log(f"[{backend}] {name}: {optimizer_name} ...")
-            figures = measure(name, optimizer_name, batch_size, steps)
+            figures = measure(name, optimizer_name, batch_size, steps, baseline)
             row.update(tensors=figures["tensors"], params=figures["params"])
             row[f"{optimizer_name}_compile_s"] = figures["compile_s"]
             row[f"{optimizer_name}_step_ms"] = figures["step_ms"]
@@ -181,7 +216,7 @@ def run_backend(models, batch_size, steps, memory):
                 f"step {figures['step_ms']:.1f} ms")
             if memory:
                 row[f"{optimizer_name}_peak_rss_gb"] = peak_rss_child(
-                    backend, name, optimizer_name, batch_size, steps
+                    backend, name, optimizer_name, batch_size, steps, baseline
                 )
                 log(f"[{backend}] {name}: {optimizer_name} peak RSS "
                     f"{row[f'{optimizer_name}_peak_rss_gb']:.2f} GB")
@@ -190,14 +225,25 @@ def run_backend(models, batch_size, steps, memory):
     return rows
 
 
+def whole_fit_s(row, optimizer_name):
+    """Seconds of a whole fit of the model's typical length: compile + steps x step."""
+    steps = WHOLE_FIT_STEPS.get(row["model"], 1000)
+    return row[f"{optimizer_name}_compile_s"] + steps * row[f"{optimizer_name}_step_ms"] / 1e3
+
+
 def table(rows, batch_size):
+    base = "AdamW" if rows and rows[0].get("baseline") == "adamw" else "Adam"
     header = (f"{'backend':10} {'model':14} {'tensors':>7} {'params':>11}  "
-              f"{'compile s Adam/VeLO (ratio)':>30}  {'step ms Adam/VeLO (ratio)':>30}"
-              f"  {'peak RSS GB Adam/VeLO (ratio)':>31}")
-    lines = [f"batch size {batch_size}", header]
+              f"{f'compile s {base}/VeLO (ratio)':>30}  {f'step ms {base}/VeLO (ratio)':>30}"
+              f"  {f'whole fit s {base}/VeLO (ratio)':>32}"
+              f"  {f'peak RSS GB {base}/VeLO (ratio)':>31}")
+    lines = [f"batch size {batch_size} (vit_hub 128); whole fit: compile + 1,000 steps "
+             "(gpt2_hub 200, vit_hub 380)",
+             header]
     for r in rows:
         compile_ratio = r["velo_compile_s"] / max(r["adam_compile_s"], 1e-9)
         step_ratio = r["velo_step_ms"] / r["adam_step_ms"]
+        whole = {name: whole_fit_s(r, name) for name in OPTIMIZERS}
         memory = ""
         if "velo_peak_rss_gb" in r:
             memory = (f"{r['adam_peak_rss_gb']:7.2f} / {r['velo_peak_rss_gb']:5.2f} "
@@ -206,6 +252,7 @@ def table(rows, batch_size):
             f"{r['backend']:10} {r['model']:14} {r['tensors']:7d} {r['params']:11,d}  "
             f"{r['adam_compile_s']:11.1f} / {r['velo_compile_s']:6.1f} ({compile_ratio:5.2f}x)  "
             f"{r['adam_step_ms']:11.1f} / {r['velo_step_ms']:7.1f} ({step_ratio:5.2f}x)  "
+            f"{whole['adam']:13.1f} / {whole['velo']:7.1f} ({whole['velo'] / whole['adam']:5.2f}x)  "
             f"{memory:>31}"
         )
     return "\n".join(lines)
@@ -245,6 +292,8 @@ def main(argv=None):
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--memory", action="store_true",
                         help="also measure peak RSS, one child process per run")
+    parser.add_argument("--baseline", choices=BASELINES, default="adam",
+                        help="Adam(1e-3) (default) or AdamW at Keras' defaults")
     parser.add_argument("--all-backends", action="store_true")
     parser.add_argument("--json", help="write the raw figures here")
     parser.add_argument("--plot", help="write the compile-time plot (PNG) here")
@@ -258,7 +307,7 @@ def main(argv=None):
             parser.error(f"unknown model {name!r}; known: {', '.join(MODELS)}")
 
     if args.child_memory:
-        measure(*args.child_memory, args.batch_size, args.steps)
+        measure(*args.child_memory, args.batch_size, args.steps, args.baseline)
         print(json.dumps({"peak_rss_gb": own_peak_rss_gb()}))
         return
     if args.all_backends:
@@ -266,14 +315,15 @@ def main(argv=None):
         for backend in BACKENDS:
             log(f"=== backend {backend}")
             command = [sys.executable, __file__, "--child-rows", "--models", args.models,
-                       "--batch-size", str(args.batch_size), "--steps", str(args.steps)]
+                       "--batch-size", str(args.batch_size), "--steps", str(args.steps),
+                       "--baseline", args.baseline]
             if args.memory:
                 command.append("--memory")
             result = subprocess.run(command, env=dict(os.environ, KERAS_BACKEND=backend),
                                     stdout=subprocess.PIPE, text=True, check=True)
             rows += json.loads(result.stdout.strip().splitlines()[-1])
     else:
-        rows = run_backend(models, args.batch_size, args.steps, args.memory)
+        rows = run_backend(models, args.batch_size, args.steps, args.memory, args.baseline)
         if args.child_rows:
             print(json.dumps(rows))
             return

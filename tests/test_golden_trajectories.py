@@ -21,8 +21,9 @@ STATE_RTOL = 2e-5
 LSTM_ATOL = {"accum": 5e-4, "default": 1e-4}
 
 
-def _run(name, **velo_kwargs):
-    """`(data, keys, params per update, state per update)` of VeLO on one file."""
+def _run(name, eager=False, **velo_kwargs):
+    """`(data, keys, params per update, state per update)` of VeLO on one file
+    (`eager`: plain `optimizer.apply` calls, as a custom training loop makes them)."""
     data = golden_data.load(name)
     info = golden_data.trajectory_info(name)
     keys = golden_data.leaf_order()
@@ -40,7 +41,7 @@ def _run(name, **velo_kwargs):
         states.append(optimizer.velo_state())
 
     grads = [[data[f"grads/{k}"][t] for k in keys] for t in range(golden_data.NUM_UPDATES)]
-    run_updates(optimizer, variables, grads, data["losses"], record)
+    run_updates(optimizer, variables, grads, data["losses"], record, eager=eager)
     return data, keys, params, states
 
 
@@ -50,7 +51,17 @@ def trajectory(request):
 
 
 def test_params_follow_the_reference_at_every_step(trajectory):
-    name, data, keys, params, _ = trajectory
+    _check_params(*trajectory[:4])
+
+
+# Eager applies run the update as one compiled program (jax.jit, tf.function) on
+# JAX and TensorFlow: the same numbers as the compiled train step.
+@pytest.mark.parametrize("name", ["traj_random_n100", "traj_random_n100_wd1e-2"])
+def test_eager_applies_follow_the_reference_at_every_step(name):
+    _check_params(name, *_run(name, eager=True)[:3])
+
+
+def _check_params(name, data, keys, params):
     fraction = golden_data.displacement_tolerance(name)
     for j, key in enumerate(keys):
         reference = data[f"params/{key}"]

@@ -107,11 +107,12 @@ def integer_seed(name, value):
 
 
 def compile_choice(name, value):
-    """`"auto"`, True or False (whether VeLO's update is compiled on PyTorch)."""
+    """`"auto"`, True or False (whether VeLO's update is compiled when called eagerly)."""
     if value == "auto" or isinstance(value, bool):
         return value
     raise ValueError(
         f"`{name}` must be \"auto\", True or False (whether VeLO's update runs "
-        f"as one torch.compile program on PyTorch), got {_kind(value)}. Pass "
-        f"{name}=\"auto\" (the default) or {name}=False to run it eagerly."
+        f"as one compiled program when called eagerly: jax.jit, tf.function or "
+        f"torch.compile), got {_kind(value)}. Pass "
+        f"{name}=\"auto\" (the default) or {name}=False to run it op by op."
     )

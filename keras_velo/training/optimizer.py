@@ -99,8 +99,11 @@ class VeLO(keras.optimizers.Optimizer):
             finite is skipped (parameters and VeLO's state unchanged) with
             a warning; after this many in a row training stops with
             `keras_velo.NonFiniteTrainingError`. Default 100.
-        compile_update: PyTorch only (JAX and TensorFlow compile the update
-            with the train step). `True`: the update runs as one
+        compile_update: JAX and TensorFlow compile the update with the
+            train step; an eager `apply` (a custom loop) runs it as one
+            `jax.jit` / `tf.function` program, compiled at the first call,
+            unless this is `False` (op by op, for debugging). PyTorch:
+            `True`: the update runs as one
             `torch.compile` program, built at the first update (about 30 s
             on 2 CPU cores, once per model and process), several times
             faster than eager on large models; failing to compile is an
