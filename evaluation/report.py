@@ -96,6 +96,18 @@ def build_report(out_dir):
                              [[a] + [f"{_fmt(table[a][w][0])} ± {_fmt(table[a][w][1], 2)}" if w in table[a] else "—"
                                      for w in workloads] for a in sorted(table)]), ""]
 
+    timed = scoring.runs_in(scored, "time")
+    if timed:
+        split = scoring.time_split_table(timed)
+        lines += ["## Where the wall-clock budget goes (median over trials)", "",
+                  "Per run of the wall-clock condition: seconds of the first call (compiling the train "
+                  "step, and that step), milliseconds per step after it, and steps trained within the "
+                  "budget (training seconds only; evaluations excluded).", "",
+                  _table(["algorithm"] + workloads,
+                         [[a] + [f"{_fmt(split[a][w][0], 2)} s + {_fmt(1e3 * split[a][w][1], 2)} ms × "
+                                 f"{split[a][w][2]:.0f}" if w in split[a] else "—" for w in workloads]
+                          for a in sorted(split)]), ""]
+
     speedups = scoring.speedups_over_tuned_adam(runs)
     if speedups:
         lines += ["## Speed-up over learning-rate-tuned Adam (VeLOdrome view, step budget)", "",

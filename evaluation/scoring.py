@@ -187,6 +187,34 @@ def quality_table(runs, condition, metric):
     return out
 
 
+def time_split(run):
+    """`(first_call_s, step_s, steps)`: where a run's training seconds went.
+
+    `step_s` is the steady time per step (the slope of training seconds
+    over the logged steps after the first), `first_call_s` the seconds of
+    the first call beyond that: compiling the train step (tracing, XLA)
+    and the step itself; `steps` the steps the run trained. NaNs when fewer
+    than two training records were logged.
+    """
+    points = [(r["step"], r["train_seconds"]) for r in run.curve]
+    if len(points) < 2 or points[-1][0] == points[0][0]:
+        return math.nan, math.nan, run.end.get("steps", math.nan)
+    (first_step, first_seconds), (last_step, last_seconds) = points[0], points[-1]
+    step_s = (last_seconds - first_seconds) / (last_step - first_step)
+    return first_seconds - (first_step - 1) * step_s, step_s, run.end.get("steps", last_step)
+
+
+def time_split_table(runs):
+    """`{algorithm: {workload: (first_call_s, step_s, steps)}}`, medians over trials."""
+    out = {}
+    for workload, by_algorithm in group_runs(runs).items():
+        for algorithm, algorithm_runs in by_algorithm.items():
+            splits = np.array([time_split(r) for r in algorithm_runs], float)
+            out.setdefault(algorithm, {})[workload] = tuple(float(np.nanmedian(c)) if not np.isnan(c).all()
+                                                            else math.nan for c in splits.T)
+    return out
+
+
 def ema_curve(run):
     """`(steps, EMA-smoothed training loss)` of a run, as arrays."""
     points = [(r["step"], r["train_loss_ema"]) for r in run.curve if r.get("train_loss_ema") is not None]

@@ -1,5 +1,6 @@
 """Scoring on synthetic logs with answers computed by hand."""
 
+import dataclasses
 import json
 import math
 
@@ -168,3 +169,17 @@ def test_logs_without_an_end_record_are_not_runs(tmp_path):
         scoring.load_runs(tmp_path)
     (folder / "trial1.jsonl").write_text(json.dumps(start) + "\n" + json.dumps({"type": "end", "status": "finished"}))
     assert [r.workload for r in scoring.load_runs(tmp_path)] == ["w"]
+
+
+def test_time_split_separates_the_first_call_from_the_steady_steps():
+    # 3 s of compiling in the first call, then 20 ms a step; logged every 10 steps.
+    curve = tuple({"type": "train", "step": s, "train_seconds": 3.0 + 0.02 * s, "train_loss": 1.0,
+                   "train_loss_ema": 1.0} for s in range(10, 101, 10))
+    run = RunLog({"type": "start", "workload": "w", "algorithm": "A", "kind": "baseline",
+                  "conditions": ["time"], "trial": 0}, (), curve,
+                 {"type": "end", "status": "finished", "steps": 100})
+    first_call, step, steps = scoring.time_split(run)
+    assert first_call == pytest.approx(3.02) and step == pytest.approx(0.02) and steps == 100
+    table = scoring.time_split_table([run, dataclasses.replace(run, curve=curve[:1])])
+    assert table["A"]["w"] == pytest.approx((3.02, 0.02, 100))  # the one-record run has no split
+    assert all(math.isnan(v) for v in scoring.time_split(dataclasses.replace(run, curve=curve[:1]))[:2])
