@@ -47,9 +47,7 @@ def update_function(layout, weight_decays, horizon, active, compile_update):
     )
     backend = keras.backend.backend()
     if backend in ("jax", "tensorflow"):
-        if compile_update is False:
-            return eager
-        return jit_when_eager(eager) if backend == "jax" else tf_function_when_eager(eager)
+        return eager if compile_update is False else compiled_when_eager(eager, backend)
     num_parameters = sum(math.prod(shape) for shape in layout.shapes)
     if not resolve_compile_update(compile_update, num_parameters, horizon.velo_steps):
         return eager
@@ -59,47 +57,38 @@ def update_function(layout, weight_decays, horizon, active, compile_update):
     return functools.partial(eager, core=compiled_packed_update(layout, active, True, strict))
 
 
-def jit_when_eager(function):
-    """`function` compiled once by `jax.jit` for concrete inputs; traced inputs call it directly.
+def compiled_when_eager(function, backend):
+    """`function` as one program (`jax.jit`, `tf.function`) when called eagerly; traced, itself.
 
-    `compiled.traces` counts the traces (one per input structure).
+    A caller that is being traced (`fit`'s train step, the caller's own
+    `jax.jit` or `tf.function`) gets the plain function, which its trace
+    inlines. `call.traces` counts the traces of the program (one per input
+    structure).
     """
-    import jax
-
     def traced(*args, **kwargs):
         call.traces += 1
         return function(*args, **kwargs)
 
-    compiled = jax.jit(traced)
+    if backend == "jax":
+        import jax
+
+        program = jax.jit(traced)
+
+        def inside_a_trace(args, kwargs):
+            return any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree_util.tree_leaves((args, kwargs)))
+    else:
+        import tensorflow as tf
+
+        program = tf.function(traced, autograph=False)
+
+        def inside_a_trace(args, kwargs):
+            return not tf.executing_eagerly()
 
     @functools.wraps(function)
     def call(*args, **kwargs):
-        if any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree_util.tree_leaves((args, kwargs))):
+        if inside_a_trace(args, kwargs):
             return function(*args, **kwargs)
-        return compiled(*args, **kwargs)
-
-    call.traces = 0
-    return call
-
-
-def tf_function_when_eager(function):
-    """`function` as one `tf.function` when TensorFlow runs eagerly; inside a graph, itself.
-
-    `call.traces` counts the traces (one per input structure).
-    """
-    import tensorflow as tf
-
-    def traced(*args, **kwargs):
-        call.traces += 1
-        return function(*args, **kwargs)
-
-    graph = tf.function(traced, autograph=False)
-
-    @functools.wraps(function)
-    def call(*args, **kwargs):
-        if tf.executing_eagerly():
-            return graph(*args, **kwargs)
-        return function(*args, **kwargs)
+        return program(*args, **kwargs)
 
     call.traces = 0
     return call
