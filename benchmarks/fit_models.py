@@ -55,9 +55,9 @@ import subprocess
 import sys
 import time
 
-MODELS = ("mlp2", "mlp32", "mlp64", "mobilenetv2", "resnet50", "transformer12", "gpt2_hub", "vit_hub")
+MODELS = ("quickstart", "mlp2", "mlp32", "mlp64", "mobilenetv2", "resnet50", "transformer12", "gpt2_hub", "vit_hub")
 WHOLE_FIT_STEPS = {"gpt2_hub": 200, "vit_hub": 380}  # as the examples train; others: 1,000
-BATCH_SIZES = {"vit_hub": 128}  # as the example trains; others: --batch-size (64)
+BATCH_SIZES = {"vit_hub": 128, "quickstart": 128}  # as the examples train; others: --batch-size (64)
 BASELINES = ("adam", "adamw")
 BACKENDS = ("jax", "tensorflow", "torch")
 OPTIMIZERS = ("adam", "velo")
@@ -75,6 +75,10 @@ def build_model(name, seed=0):
     keras.utils.set_random_seed(seed)
     rng = np.random.default_rng(seed)
     labels = lambda n: rng.integers(0, 10, n)  # noqa: E731
+    if name == "quickstart":  # examples/quickstart.py's MLP
+        model = keras.Sequential([keras.Input((784,)), keras.layers.Dense(128, activation="relu"),
+                                  keras.layers.Dense(10)])
+        return model, lambda n: (rng.random((n, 784), np.float32), labels(n))
     if name.startswith("mlp"):
         depth = int(name[3:])
         model = keras.Sequential(

@@ -16,6 +16,7 @@ from keras_velo.packed.packing import (
     FACTORED_CHUNK_ROWS,
     LANES,
     pack,
+    pack_pair,
     packed_layout,
     unpack,
 )
@@ -67,6 +68,24 @@ def test_every_value_has_its_own_slot_and_padding_is_zero():
     nonzero = np.sort(values[values != 0])
     np.testing.assert_array_equal(nonzero, np.arange(1, offsets[-1] + 1, dtype=np.float32))
     assert values.size == layout.num_elements
+
+
+def test_packing_parameters_and_gradients_together_equals_packing_each():
+    """`pack_pair` (one kernel per tensor for both on JAX and TensorFlow) gives `pack`'s buffers.
+
+    With a low-precision tensor, and tensors left out (None) on one side or both.
+    """
+    params, grads = _random(SHAPES, seed=1), _random(SHAPES, seed=2)
+    params[3] = params[3].astype("float16")
+    params[7], grads[9], params[11], grads[11] = None, None, None, None
+    layout = packed_layout(SHAPES)
+    convert = lambda xs: [None if x is None else ops.convert_to_tensor(x) for x in xs]  # noqa: E731
+    always_true = ops.convert_to_tensor(True)
+    paired = pack_pair(layout, convert(params), convert(grads), always_true)
+    for tensors, buffers in zip((params, grads), paired):
+        expected = pack(layout, convert(tensors))
+        for got, want in zip(buffers, expected):
+            np.testing.assert_array_equal(_np(got), _np(want))
 
 
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])

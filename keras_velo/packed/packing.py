@@ -342,24 +342,32 @@ def _split_d0(placement):
     return tuple(split), tuple(order)
 
 
-def _factored_rows(tensor, placement):
-    """One factored tensor as `[num_chunks * FACTORED_CHUNK_ROWS, LANES]` rows."""
-    d0 = placement.axes[-1]
+def _factored_rows(tensor, placement, stacked=0):
+    """One factored tensor as `[num_chunks * FACTORED_CHUNK_ROWS, LANES]` rows.
+
+    With `stacked = k > 0`, `tensor` is `k` tensors of the placement's shape
+    stacked on a new first axis, and the rows come back `[k, rows, LANES]`.
+    """
+    lead = [stacked] if stacked else []
+    d0 = placement.axes[-1] + len(lead)
     padded = placement.pieces * LANES
     x = tensor
     if padded != placement.run_length:
-        widths = [(0, 0)] * len(placement.shape)
+        widths = [(0, 0)] * (len(placement.shape) + len(lead))
         widths[d0] = (0, padded - placement.run_length)
         x = ops.pad(x, widths)
     split, order = _split_d0(placement)
-    x = ops.reshape(x, split)
+    x = ops.reshape(x, tuple(lead) + split)
+    order = tuple(range(len(lead))) + tuple(a + len(lead) for a in order)
     if order != tuple(range(len(order))):
         x = ops.transpose(x, order)
     blocks = (placement.num_lane_groups, placement.run_width, LANES)
     if placement.padded_width != placement.run_width:
-        x = ops.reshape(x, blocks)
-        x = ops.pad(x, [(0, 0), (0, placement.padded_width - placement.run_width), (0, 0)])
-    return ops.reshape(x, (-1, LANES))
+        x = ops.reshape(x, tuple(lead) + blocks)
+        widths = [(0, 0)] * len(lead) + [(0, 0), (0, placement.padded_width - placement.run_width),
+                                         (0, 0)]
+        x = ops.pad(x, widths)
+    return ops.reshape(x, tuple(lead) + (-1, LANES))
 
 
 def _factored_tensor(rows, placement):
@@ -411,12 +419,34 @@ def pack_region(region, tensors):
     return ops.reshape(flat, region.shape)
 
 
-def pack(layout, tensors, always_true=None):
+def pack_factored_pair(region, params, grads):
+    """`[2, *region.shape]`: the factored region's parameters (0) and gradients (1).
+
+    Each tensor's parameter and gradient are stacked before its padding
+    and transposes, so that XLA compiles one kernel per tensor for both
+    (on CPU ~10 ms of compile time each) instead of two.
+    """
+    pieces = []
+    for t in region.placements:
+        pair = [params[t.index], grads[t.index]]
+        if all(x is None for x in pair):
+            pieces.append(np.zeros((2, t.num_chunks * region.chunk_rows, LANES), np.float32))
+            continue
+        pair = [np.zeros(t.shape, np.float32) if x is None
+                else x if _dtype_name(x) == "float32" else ops.cast(x, "float32") for x in pair]
+        pieces.append(_factored_rows(ops.stack(pair), t, stacked=2))
+    both = pieces[0] if len(pieces) == 1 else ops.concatenate(pieces, axis=1)
+    return ops.reshape(both, (2,) + region.shape)
+
+
+def pack(layout, tensors, always_true=None, fallbacks=(None, None)):
     """`(factored, diagonal)` buffers holding `tensors` (any float dtype) as float32.
 
     An empty region's buffer is None. With `always_true` (see
     `materialize`), each buffer is computed once, so later passes read it
-    instead of redoing the packing's transposes.
+    instead of redoing the packing's transposes; `fallbacks`, float32
+    arrays of the buffers' shapes (e.g. a state buffer), are what the
+    conditional's branch that is never taken returns.
     """
     tensors = list(tensors)
     if len(tensors) != layout.num_tensors:
@@ -426,16 +456,50 @@ def pack(layout, tensors, always_true=None):
     if always_true is not None:
         always_true = _used_outside_the_conditional(always_true, tensors, layout.shapes)
     buffers = []
-    for region in (layout.factored, layout.diagonal):
+    for region, fallback in zip((layout.factored, layout.diagonal), fallbacks):
         if region.empty:
             buffers.append(None)
         elif always_true is None:
             buffers.append(pack_region(region, tensors))
         else:
             buffers.append(materialize(
-                lambda region=region: pack_region(region, tensors), region.shape, always_true
+                lambda region=region: pack_region(region, tensors), region.shape, always_true,
+                fallback,
             ))
     return tuple(buffers)
+
+
+def pack_pair(layout, params, grads, always_true, fallbacks=(None, None)):
+    """`(pack(layout, params), pack(layout, grads))`, each buffer computed once (`materialize`).
+
+    On JAX and TensorFlow the factored region's two buffers are one
+    (`pack_factored_pair`): one conditional, and one kernel per tensor for
+    its parameter and gradient. `fallbacks` as in `pack`, for the
+    parameters (the gradients' branch never taken returns the packed
+    parameters).
+    """
+    params, grads = list(params), list(grads)
+    pair = keras.backend.backend() in ("jax", "tensorflow") and not layout.factored.empty
+    if not pair:
+        packed_params = pack(layout, params, always_true, fallbacks)
+        return packed_params, pack(layout, grads, always_true, packed_params)
+    for tensors in (params, grads):
+        if len(tensors) != layout.num_tensors:
+            raise ValueError(
+                f"Expected {layout.num_tensors} tensors for this layout, got {len(tensors)}."
+            )
+    always_true = _used_outside_the_conditional(always_true, params + grads, layout.shapes * 2)
+    region = layout.factored
+    both = materialize(lambda: pack_factored_pair(region, params, grads), (2,) + region.shape,
+                       always_true)
+    diagonal = (None, None)
+    if not layout.diagonal.empty:
+        diagonal_params = materialize(lambda: pack_region(layout.diagonal, params),
+                                      layout.diagonal.shape, always_true, fallbacks[1])
+        diagonal = (diagonal_params, materialize(lambda: pack_region(layout.diagonal, grads),
+                                                 layout.diagonal.shape, always_true,
+                                                 diagonal_params))
+    return (both[0], diagonal[0]), (both[1], diagonal[1])
 
 
 def _used_outside_the_conditional(always_true, tensors, shapes):
@@ -532,7 +596,7 @@ class ChunkIndex:
         return ops.cast(valid, "float32")
 
 
-def materialize(compute, shape, always_true):
+def materialize(compute, shape, always_true, fallback=None):
     """`compute()` (a float32 array of `shape`), computed once into a buffer of its own.
 
     XLA on CPU fuses an element-wise computation into *every* consumer that
@@ -545,7 +609,13 @@ def materialize(compute, shape, always_true):
     (e.g. `iteration >= 0`); XLA cannot see that it does, so it keeps the
     conditional. (`jax.lax.optimization_barrier` is removed before fusion
     on CPU.) Other backends just call `compute`.
+
+    The branch never taken returns `fallback` (any float32 array of
+    `shape`: XLA compiles nothing for it) or, without one, zeros (a kernel
+    of its own: ~10 ms of compile time for code that never runs).
     """
     if keras.backend.backend() not in ("jax", "tensorflow"):
         return compute()
+    if fallback is not None:
+        return ops.cond(always_true, compute, lambda: fallback)
     return ops.cond(always_true, compute, lambda: ops.zeros(shape, "float32"))

@@ -21,7 +21,7 @@ import numpy as np
 from keras import ops
 
 from keras_velo.packed import segments
-from keras_velo.packed.packing import pack, packed_layout, unpack
+from keras_velo.packed.packing import pack_pair, packed_layout, unpack
 from keras_velo.packed.structured_cond import structured_cond
 from keras_velo.packed.update import StepDiagnostics, packed_update, to_tensors
 
@@ -137,8 +137,9 @@ def prefab_update(
     state, params, grads, accumulation = to_tensors((state, params, grads, accumulation))
     dtypes = [None if p is None else keras.backend.standardize_dtype(p.dtype) for p in params]
     always_true = state.iteration >= 0  # see `packing.materialize`
-    packed_params = pack(layout, params, always_true)
-    packed_grads = pack(layout, grads, always_true)
+    # Fallbacks of the same shapes for the branches never taken (`materialize`).
+    rms = tuple(None if a is None else a.rms for a in (state.factored, state.diagonal))
+    packed_params, packed_grads = pack_pair(layout, params, grads, always_true, fallbacks=rms)
     loss = ops.cast(loss, "float32")
     if weight_decays is not None and any(wd != 0.0 for wd in weight_decays):
         if active is not None:

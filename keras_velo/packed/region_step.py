@@ -107,8 +107,8 @@ class RegionStep:
             per_row = segments.reduce_sums(values + [squared], (2,))
             lane_sums, poison_sum = segments.reduce_sums([squared, poison], (1,))
             self.run_squares = segments.rows_to_runs(self.region, self.index, per_row[5])
-            self.lane_squares = segments.chunks_to_lane_groups(self.region, self.index, lane_sums)
-            per_chunk = ops.stack([ops.sum(x, axis=1) for x in per_row[:5]], axis=1)
+            self.lane_squares = segments.chunks_to_lane_groups(self.region, lane_sums)
+            per_chunk = ops.stack(segments.reduce_sums(per_row[:5], (1,)), axis=1)
         else:
             sums = segments.reduce_sums(values + [poison], (1, 2))
             per_chunk, poison_sum = ops.stack(sums[:5], axis=1), sums[5]
@@ -274,7 +274,7 @@ class RegionStep:
             # not the buffers. `where`, because inf * 0 is NaN.
             return ops.where(self.valid > 0, step, 0.0)
 
-        step = materialize(compute, self.region.shape, self.always_true)
+        step = materialize(compute, self.region.shape, self.always_true, fallback=self.params)
         step_squares = segments.tensor_sums(
             self.region, segments.chunk_sums([ops.square(step)]), first_layer.shape[0]
         )[:, 0]

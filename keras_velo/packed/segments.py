@@ -15,9 +15,12 @@ one tensor, each row one piece of a run. The four directions VeLO needs:
 
 The three return lists of K arrays, gathered with K as the minor axis.
 
-`reduce_sums` is the one place with a backend special case: on JAX it is a
-single variadic `lax.reduce` per group of values, which XLA compiles to one
-pass over the elements (separate reductions re-read them once per value).
+`reduce_sums` and `segment_sum` have backend special cases: on JAX the
+first is a single variadic `lax.reduce` per group of values, which XLA
+compiles to one pass over the elements (separate reductions re-read them
+once per value), and the second, with static ids, a product by a one-hot
+matrix (one compiled kernel instead of a scatter's two); on PyTorch
+`segment_sum` is an `index_add`.
 """
 
 import keras
@@ -26,6 +29,8 @@ from keras import ops
 
 # Values per variadic reduction: more outputs per pass stop paying off.
 _VARIADIC_GROUP = 8
+# Largest one-hot matrix (segments x rows) `segment_sum` multiplies by, 256 KB.
+ONE_HOT_LIMIT = 1 << 16
 
 
 def reduce_sums(values, axes, groups=None):
@@ -91,10 +96,16 @@ def _variadic_sums(operands, axes):
 def segment_sum(data, segment_ids, num_segments):
     """`[num_segments, ...]`: rows of `data` added up by `segment_ids` (a static count).
 
+    Ids known when the program is built (a numpy array) make, on JAX and
+    when small, one matrix product with a constant one-hot matrix
+    (`_one_hot_sum`); otherwise a scatter-add.
+
     On PyTorch an `index_add` rather than Keras' `segment_sum`, whose
     `repeat_interleave` has a data-dependent output shape that
     `keras_velo.packed.torch_compile` cannot trace into a graph.
     """
+    if _one_hot_on_jax(segment_ids, num_segments):
+        return _one_hot_sum(data, segment_ids, num_segments)
     if keras.backend.backend() != "torch":
         return ops.segment_sum(data, segment_ids, num_segments=num_segments)
     if num_segments == 1:
@@ -110,6 +121,32 @@ def segment_sum(data, segment_ids, num_segments):
     return out.index_add(0, ids, data)
 
 
+def _one_hot_on_jax(segment_ids, num_segments):
+    """Whether `segment_sum` takes the one-hot product (JAX, static ids, a small matrix)."""
+    return (keras.backend.backend() == "jax" and isinstance(segment_ids, np.ndarray)
+            and num_segments * segment_ids.size <= ONE_HOT_LIMIT)
+
+
+def _one_hot_sum(data, segment_ids, num_segments):
+    """`segment_sum` as `one_hot [segments, rows] @ data` (JAX).
+
+    XLA on CPU compiles a scatter-add into two kernels of its own (the
+    zeroed output, the scatter) and each compiled kernel costs ~10 ms of
+    compile time; a product is one library call. Exact products by 1 and 0
+    in float32 (`HIGHEST`, so no TF32 on a GPU); the sums of a segment may
+    be added in another order than the scatter's. As with the reference's
+    max over tensors (`hypernetwork.mix_tensor_features`), a non-finite
+    value reaches every segment (0 x inf is NaN).
+    """
+    import jax
+
+    ids = segment_ids.reshape(-1)
+    one_hot = (np.arange(num_segments)[:, None] == ids[None, :]).astype(np.float32)
+    flat = ops.reshape(data, (ids.size, -1))
+    summed = jax.lax.dot(jax.numpy.asarray(one_hot), flat, precision=jax.lax.Precision.HIGHEST)
+    return ops.reshape(summed, (num_segments,) + tuple(data.shape[1:]))
+
+
 def chunk_sums(values, groups=None):
     """`[chunks, len(values)]`: each `[chunks, rows, lanes]` value summed per chunk."""
     return ops.stack(reduce_sums(values, (1, 2), groups), axis=1)
@@ -122,7 +159,7 @@ def tensor_sums(region, sums_per_chunk, num_tensors):
     """
     return segment_sum(
         sums_per_chunk,
-        ops.convert_to_tensor(region.chunk_tensor),
+        np.asarray(region.chunk_tensor),
         num_segments=num_tensors,
     )
 
@@ -146,9 +183,10 @@ def rows_to_runs(region, index, row_sums):
     )
 
 
-def chunks_to_lane_groups(region, index, lane_sums):
+def chunks_to_lane_groups(region, lane_sums):
     """`[lane_groups + 1, lanes]`: per-chunk lane sums `[chunks, lanes]` added up per lane group."""
-    return segment_sum(lane_sums, index.lane_group, num_segments=region.num_lane_groups + 1)
+    return segment_sum(lane_sums, np.asarray(region.chunk_lane_group),
+                       num_segments=region.num_lane_groups + 1)
 
 
 def run_group_sums(region, values):
@@ -156,7 +194,7 @@ def run_group_sums(region, values):
     return ops.transpose(
         segment_sum(
             ops.transpose(values),
-            ops.convert_to_tensor(region.run_group),
+            np.asarray(region.run_group),
             num_segments=region.num_run_groups + 1,
         )
     )
@@ -167,7 +205,7 @@ def table_tensor_sums(tensor_of_entry, values, num_tensors):
     flat = ops.reshape(values, (values.shape[0], values.shape[1], -1))
     per_entry = ops.transpose(ops.sum(flat, axis=2))
     return segment_sum(
-        per_entry, ops.convert_to_tensor(tensor_of_entry), num_segments=num_tensors
+        per_entry, np.asarray(tensor_of_entry), num_segments=num_tensors
     )
 
 
