@@ -561,6 +561,29 @@ def test_bfloat16_variables_keep_float32_state():
 
 
 @pytest.mark.backends("tensorflow")
+def test_fit_traces_the_update_once_on_tensorflow(monkeypatch):
+    """VeLO's state exists before Keras traces the train function, so it is traced once.
+
+    Keras on TensorFlow builds the optimizer inside the first trace, and a
+    `tf.function` that creates variables is traced again: twice VeLO's
+    tracing (seconds on any real model). `VeLOCallback.on_train_begin`
+    builds it first.
+    """
+    traces = []
+    update_step = VeLO._velo_update_step
+
+    def counted(self, *args, **kwargs):
+        traces.append(1)
+        return update_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(VeLO, "_velo_update_step", counted)
+    x, y = _data()
+    model = _compiled()
+    model.fit(x, y, batch_size=BATCH, epochs=2, verbose=0)
+    assert len(traces) == 1
+
+
+@pytest.mark.backends("tensorflow")
 @pytest.mark.parametrize("jit_compile", [False, True])  # XLA: the gradient's static shape is unknown
 def test_sparse_embedding_gradients(jit_compile):
     rng = np.random.default_rng(0)

@@ -103,6 +103,7 @@ class VeLOCallback(keras.callbacks.Callback):
             velo.set_total_steps(
                 infer_total_steps(self.params, velo.gradient_accumulation_steps)
             )
+        build_before_tracing(self._model)
         self._elapsed, self._clock_started = 0.0, time.perf_counter()
         self._start = _counters(velo)
         self._batches = self._epoch_batches = 0
@@ -197,6 +198,25 @@ def _counters(velo):
         int(keras.ops.convert_to_numpy(variables[name].value))
         for name in ("iteration", "skipped_steps")
     )
+
+
+def build_before_tracing(model):
+    """Builds the model's optimizer now, before `fit` traces its train function (TensorFlow).
+
+    Keras on TensorFlow without a distribution strategy builds the
+    optimizer inside the first trace of the train function, and a
+    `tf.function` that creates variables is traced a second time. VeLO's
+    update is thousands of operations: the second trace cost ~3 s on a
+    2-layer MLP. Built here, outside the trace (its horizon is set by
+    now), the function is traced once. Left to Keras while any layer is
+    unbuilt (its weights are not all there yet).
+    """
+    optimizer = getattr(model, "optimizer", None)
+    if keras.backend.backend() != "tensorflow" or optimizer is None or optimizer.built:
+        return
+    if not all(layer.built for layer in model._flatten_layers()):
+        return
+    optimizer.build(model.trainable_variables)
 
 
 def _health_values(model, velo):
