@@ -55,6 +55,9 @@ class VeLOCallback(keras.callbacks.Callback):
       `train_on_batch` calls feed the loss too.
     * `total_steps=None`: set at the start of the first `fit` to epochs x
       batches per epoch (divided by Keras' `gradient_accumulation_steps`).
+    * On TensorFlow, the optimizer is built at the start of `fit` (once
+      the model's layers are), so that Keras traces its train function
+      once, not twice (`build_before_tracing`).
     * `time_budget=s`: before each batch, VeLO's training fraction is set
       to training seconds so far / s (evaluation time excluded;
       `VeLO.set_training_seconds`), and training stops when the budget is
