@@ -448,11 +448,7 @@ def pack(layout, tensors, always_true=None, fallbacks=(None, None)):
     arrays of the buffers' shapes (e.g. a state buffer), are what the
     conditional's branch that is never taken returns.
     """
-    tensors = list(tensors)
-    if len(tensors) != layout.num_tensors:
-        raise ValueError(
-            f"Expected {layout.num_tensors} tensors for this layout, got {len(tensors)}."
-        )
+    tensors = _one_per_tensor(layout, tensors)
     if always_true is not None:
         always_true = _used_outside_the_conditional(always_true, tensors, layout.shapes)
     buffers = []
@@ -474,20 +470,16 @@ def pack_pair(layout, params, grads, always_true, fallbacks=(None, None)):
 
     On JAX and TensorFlow the factored region's two buffers are one
     (`pack_factored_pair`): one conditional, and one kernel per tensor for
-    its parameter and gradient. `fallbacks` as in `pack`, for the
-    parameters (the gradients' branch never taken returns the packed
-    parameters).
+    its parameter and gradient (its branch never taken returns zeros: no
+    buffer of its shape exists yet). `fallbacks` as in `pack`, for the
+    parameters' buffers; the gradients' branches never taken return the
+    packed parameters.
     """
-    params, grads = list(params), list(grads)
+    params, grads = _one_per_tensor(layout, params), _one_per_tensor(layout, grads)
     pair = keras.backend.backend() in ("jax", "tensorflow") and not layout.factored.empty
     if not pair:
         packed_params = pack(layout, params, always_true, fallbacks)
         return packed_params, pack(layout, grads, always_true, packed_params)
-    for tensors in (params, grads):
-        if len(tensors) != layout.num_tensors:
-            raise ValueError(
-                f"Expected {layout.num_tensors} tensors for this layout, got {len(tensors)}."
-            )
     always_true = _used_outside_the_conditional(always_true, params + grads, layout.shapes * 2)
     region = layout.factored
     both = materialize(lambda: pack_factored_pair(region, params, grads), (2,) + region.shape,
@@ -500,6 +492,16 @@ def pack_pair(layout, params, grads, always_true, fallbacks=(None, None)):
                                                  layout.diagonal.shape, always_true,
                                                  diagonal_params))
     return (both[0], diagonal[0]), (both[1], diagonal[1])
+
+
+def _one_per_tensor(layout, tensors):
+    """`tensors` as a list, checked to hold one entry per tensor of the layout."""
+    tensors = list(tensors)
+    if len(tensors) != layout.num_tensors:
+        raise ValueError(
+            f"Expected {layout.num_tensors} tensors for this layout, got {len(tensors)}."
+        )
+    return tensors
 
 
 def _used_outside_the_conditional(always_true, tensors, shapes):
