@@ -7,18 +7,25 @@ builds its own data and model and calls `compile` and `fit` itself; this
 module holds only what they all repeat:
 
 * `argument_parser` / `parse_arguments`: the common flags (`--optimizer
-  velo|adam|adamw`, `--learning-rate`, `--weights`, `--steps`, `--epochs`,
-  `--batch-size`, `--seed`, `--json`, `--verbose`, `--quick`, and `--data`
-  for the image examples).
-* `make_optimizer`, `velo_callbacks`, `jit_compile`: VeLO, Adam or AdamW,
+  velo|adam|adamw|adamw_cosine|schedule_free_adamw|muon`, `--learning-rate`,
+  `--weights`, `--steps`, `--epochs`, `--batch-size`, `--seed`, `--json`,
+  `--verbose`, `--quick`, `--update-sizes`, and `--data` for the image
+  examples).
+* `make_optimizer`, `velo_callbacks`, `jit_compile`: VeLO or one of the
+  optimizers a user would pick instead (`evaluation.alternatives`: Adam,
+  AdamW, AdamW with warm-up and cosine decay, ScheduleFreeAdamW, Muon),
   and what `fit` needs to feed VeLO the loss of every batch.
 * `import_keras_hub`: KerasHub for the `keras_hub_*` examples, or an exit
   that says how to install it.
 * `BatchStream`: exactly `--steps` full batches, reshuffled on every pass
   over the data and identical for every optimizer with the same `--seed`.
   A fixed batch shape means XLA compiles the train step once.
-* `LossRecorder`: the training loss of every batch.
-* `finish`: evaluates, prints a summary and writes the `--json` record.
+* `LossRecorder` (`loss_recorder(args)`): the training loss of every
+  batch and, with `--update-sizes`, the RMS of each tensor's updates early
+  and late in training.
+* `finish`: re-estimates BatchNorm's statistics on training examples
+  (`evaluation.batch_norm`), evaluates, prints a summary and writes the
+  `--json` record.
 
 It is imported as `_common` because `python examples/<name>.py` puts
 `examples/` on `sys.path`:
@@ -26,7 +33,7 @@ It is imported as `_common` because `python examples/<name>.py` puts
 ```python
 import _common
 args = _common.parse_arguments(__doc__, steps=300, epochs=3, batch_size=64)
-optimizer = _common.make_optimizer(args)   # VeLO(total_steps=300, weights="bundled"), Adam or AdamW
+optimizer = _common.make_optimizer(args)   # VeLO(total_steps=300, weights="bundled"), Adam, Muon, ...
 ```
 """
 
@@ -44,12 +51,15 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 import keras_velo  # noqa: E402
+from evaluation.alternatives import ALTERNATIVES  # noqa: E402
+from evaluation.batch_norm import batch_norm_layers, batches_of, reestimate_batch_norm  # noqa: E402
 
 QUICK_STEPS = 6
 QUICK_EVALUATION_EXAMPLES = 512
 EVALUATION_BATCH_SIZE = 500
 IMAGE_SOURCES = ("offline", "keras")
-OPTIMIZERS = ("velo", "adam", "adamw")
+OPTIMIZERS = ("velo", *ALTERNATIVES)
+UPDATE_SIZE_WINDOW = 0.2  # --update-sizes: the first and the last 20% of the steps
 
 
 # --- flags ------------------------------------------------------------------
@@ -62,11 +72,14 @@ def argument_parser(description, *, steps, epochs, batch_size, image_data=False)
     )
     parser.add_argument(
         "--optimizer", choices=OPTIMIZERS, default="velo",
-        help="velo, adam or adamw (AdamW with Keras' default weight decay, 0.004)",
+        help="velo, or what a Keras user would pick instead at Keras' defaults: adam, adamw "
+        "(weight decay 0.004), adamw_cosine (AdamW, 5%% linear warm-up, cosine decay to 0), "
+        "schedule_free_adamw, muon (evaluation/alternatives.py)",
     )
     parser.add_argument(
-        "--learning-rate", type=float, default=1e-3,
-        help="Adam's or AdamW's learning rate (default 1e-3, Keras' default); VeLO has none",
+        "--learning-rate", type=float, default=None,
+        help="the learning rate of any optimizer but VeLO (default: Keras' default, 1e-3, or "
+        "2.5e-3 for schedule_free_adamw)",
     )
     parser.add_argument(
         "--weights", default="bundled",
@@ -82,6 +95,11 @@ def argument_parser(description, *, steps, epochs, batch_size, image_data=False)
     parser.add_argument("--seed", type=int, default=0, help="initial weights and batch order")
     parser.add_argument("--json", help="write the loss curve and final metrics to this JSON file")
     parser.add_argument("--verbose", type=int, default=1, help="Keras fit verbosity (0, 1 or 2)")
+    parser.add_argument(
+        "--update-sizes", action="store_true",
+        help="record the RMS of every tensor's updates over the first and last 20%% of the steps "
+        "into the --json record (slower: reads the weights around each of those steps)",
+    )
     parser.add_argument(
         "--quick", action="store_true",
         help=f"smoke test: {QUICK_STEPS} steps in 1 epoch, "
@@ -114,8 +132,14 @@ def parse_arguments(description, *, steps, epochs, batch_size, image_data=False,
         parser.error(
             f"--steps ({args.steps}) must be a positive multiple of --epochs ({args.epochs})"
         )
-    if args.learning_rate <= 0:
-        parser.error(f"--learning-rate must be positive, got {args.learning_rate}")
+    if args.optimizer == "velo":
+        if args.learning_rate is not None:
+            parser.error("VeLO has no learning rate: it learned its step sizes; drop --learning-rate")
+    else:
+        if args.learning_rate is None:
+            args.learning_rate = ALTERNATIVES[args.optimizer].default_learning_rate
+        if args.learning_rate <= 0:
+            parser.error(f"--learning-rate must be positive, got {args.learning_rate}")
     return args
 
 
@@ -123,23 +147,18 @@ def parse_arguments(description, *, steps, epochs, batch_size, image_data=False,
 
 
 def make_optimizer(args):
-    """`VeLO(total_steps=args.steps, weights=args.weights)`, `Adam(args.learning_rate)` or `AdamW(...)`.
-
-    AdamW keeps Keras' other defaults (`weight_decay=0.004`).
-    """
+    """`VeLO(total_steps=args.steps, weights=args.weights)`, or the alternative `args.optimizer`
+    at `args.learning_rate` with Keras' other defaults (`evaluation.alternatives`)."""
     if args.optimizer == "velo":
         return keras_velo.VeLO(total_steps=args.steps, weights=args.weights)
-    if args.optimizer == "adamw":
-        return keras.optimizers.AdamW(learning_rate=args.learning_rate)
-    return keras.optimizers.Adam(learning_rate=args.learning_rate)
+    return ALTERNATIVES[args.optimizer].make(args.learning_rate, total_steps=args.steps)
 
 
 def optimizer_label(args):
-    """`"VeLO (bundled)"`, `"Adam(0.001)"` or `"AdamW(0.001)"`: how summaries name the run."""
+    """`"VeLO (bundled)"`, `"Adam(0.001)"`, `"Muon(0.001)"`, ...: how summaries name the run."""
     if args.optimizer == "velo":
         return f"VeLO ({args.weights})"
-    name = "AdamW" if args.optimizer == "adamw" else "Adam"
-    return f"{name}({args.learning_rate:g})"
+    return ALTERNATIVES[args.optimizer].label(args.learning_rate)
 
 
 def velo_callbacks(model):
@@ -266,19 +285,35 @@ def load_image_data(source):
 
 
 class LossRecorder(keras.callbacks.Callback):
-    """The training loss of every batch, and the wall time of `fit`.
+    """The training loss of every batch, the wall time of `fit` and, optionally, update sizes.
 
     Keras logs the running mean of the loss over the current epoch; with
     equal batches, batch k's own loss is `(k + 1) * mean_k - k * mean_(k-1)`.
     `step_losses[i]` is the loss of step i + 1 (float32 round-off, ~1e-6
     relative).
+
+    With `update_sizes_over=S` (the run's steps; `--update-sizes`), it also
+    reads every trainable tensor before and after each of the first and the
+    last `UPDATE_SIZE_WINDOW` of the S steps, and `update_sizes()` gives per
+    tensor path the mean RMS of its updates over each window (`"early"`,
+    `"late"`) and the tensor's RMS at the start and the end (`"rms_start"`,
+    `"rms_end"`). Reading the weights syncs the training state to the host,
+    so such a run is slower; its losses are unchanged.
     """
 
-    def __init__(self):
+    def __init__(self, update_sizes_over=None):
         super().__init__()
         self.step_losses, self.epoch_losses = [], []
         self.seconds = 0.0
         self._previous_mean = 0.0
+        self._window = None
+        if update_sizes_over is not None:
+            self._window = max(1, round(UPDATE_SIZE_WINDOW * update_sizes_over))
+            self._total_steps = update_sizes_over
+            self._sums = {"early": {}, "late": {}}
+            self._counts = {"early": 0, "late": 0}
+            self._rms = {}
+            self._before = None
 
     def on_train_begin(self, logs=None):
         self._start = time.perf_counter()
@@ -286,7 +321,30 @@ class LossRecorder(keras.callbacks.Callback):
     def on_epoch_begin(self, epoch, logs=None):
         self._previous_mean = 0.0
 
+    def _phase(self):
+        step = len(self.step_losses)  # the 0-based step about to run or just run
+        if step < self._window:
+            return "early"
+        return "late" if step >= self._total_steps - self._window else None
+
+    def _weights(self):
+        return {v.path: np.asarray(keras.ops.convert_to_numpy(v.value), np.float64)
+                for v in self.model.trainable_variables}
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if self._window is not None and self._phase() is not None:
+            self._before = self._weights()
+
     def on_train_batch_end(self, batch, logs=None):
+        phase = self._phase() if self._window is not None else None
+        if phase is not None and self._before is not None:
+            after = self._weights()
+            for path, value in after.items():
+                size = float(np.sqrt(np.mean(np.square(value - self._before[path]))))
+                self._sums[phase][path] = self._sums[phase].get(path, 0.0) + size
+                self._rms.setdefault(path, {"rms_start": _rms(self._before[path])})["rms_end"] = _rms(value)
+            self._counts[phase] += 1
+            self._before = None
         mean = float(logs["loss"])
         self.step_losses.append((batch + 1) * mean - batch * self._previous_mean)
         self._previous_mean = mean
@@ -297,23 +355,69 @@ class LossRecorder(keras.callbacks.Callback):
     def on_train_end(self, logs=None):
         self.seconds = time.perf_counter() - self._start
 
+    def update_sizes(self):
+        """`{tensor path: {"early", "late", "rms_start", "rms_end"}}`, or None if not recorded."""
+        if self._window is None:
+            return None
+        return {
+            path: {
+                **{phase: self._sums[phase].get(path, 0.0) / max(1, self._counts[phase])
+                   for phase in ("early", "late")},
+                **self._rms[path],
+            }
+            for path in self._rms
+        }
 
-def finish(example, args, model, recorder, history, *, data, train_evaluation, metric,
-           higher_is_better, extra=None):
-    """Evaluates, prints a summary, writes `--json`; returns the record (a dict).
+
+def loss_recorder(args):
+    """The `LossRecorder` of a run: with `--update-sizes`, recording update sizes over `--steps`."""
+    return LossRecorder(update_sizes_over=args.steps if args.update_sizes else None)
+
+
+def _rms(value):
+    return float(np.sqrt(np.mean(np.square(value)))) if value.size else 0.0
+
+
+def training_loss_mode(batch_norm_examples):
+    """How a record's `final_train_loss` was measured, in words (tables quote it)."""
+    if batch_norm_examples:
+        return (f"inference mode, BatchNorm statistics re-estimated on {batch_norm_examples} "
+                "training examples")
+    return "inference mode (no BatchNorm)"
+
+
+def finish(example, args, model, recorder, history, *, data, train_evaluation, validation_data,
+           metric, higher_is_better, extra=None):
+    """Scores the trained model, prints a summary, writes `--json`; returns the record (a dict).
 
     `train_evaluation`: `(x, y, batch size)` of training examples for the
-    final training loss (inference mode, after training). The validation
-    numbers are those of the last epoch (`history`). `metric`: the key
-    (without `val_`) that judges a run, e.g. `"accuracy"` or `"loss"`.
+    final training loss; `validation_data`: `(x, y, batch size)` of the
+    validation split. Both are measured the way the optimizer's work is
+    judged: when the model has BatchNormalization layers, their moving
+    statistics (which lag behind training) are first re-estimated on the
+    training examples (`evaluation.batch_norm`), then both are evaluated in
+    inference mode; the inference-mode numbers with the moving statistics
+    are kept beside them (`*_moving_statistics`). Without BatchNorm the
+    validation numbers are those of the last epoch (`history`). `metric`:
+    the key that judges a run, e.g. `"accuracy"` or `"loss"`.
     """
     x, y, batch_size = train_evaluation
-    train_logs = model.evaluate(x, y, batch_size=batch_size, verbose=0, return_dict=True)
     validation = {
         key[len("val_"):]: float(values[-1])
         for key, values in history.history.items()
         if key.startswith("val_")
     }
+    moving_statistics = {}
+    if batch_norm_layers(model):
+        moving_statistics["final_train_loss_moving_statistics"] = float(
+            model.evaluate(x, y, batch_size=batch_size, verbose=0, return_dict=True)["loss"])
+        moving_statistics["validation_moving_statistics"] = validation
+    batch_norm_examples = reestimate_batch_norm(model, batches_of(x, batch_size))
+    if batch_norm_examples:
+        x_val, y_val, val_batch = validation_data
+        validation = {key: float(value) for key, value in model.evaluate(
+            x_val, y_val, batch_size=val_batch, verbose=0, return_dict=True).items()}
+    train_logs = model.evaluate(x, y, batch_size=batch_size, verbose=0, return_dict=True)
     record = {
         "example": example,
         "optimizer": args.optimizer,
@@ -338,7 +442,9 @@ def finish(example, args, model, recorder, history, *, data, train_evaluation, m
             if key.startswith("val_")
         },
         "final_train_loss": float(train_logs["loss"]),
+        "train_loss_mode": training_loss_mode(batch_norm_examples),
         "train_evaluation_examples": len(x),
+        **moving_statistics,
         "validation": validation,
         "metric": {
             "name": metric,
@@ -346,6 +452,7 @@ def finish(example, args, model, recorder, history, *, data, train_evaluation, m
             "higher_is_better": higher_is_better,
         },
         "command": [f"{example}.py", *args.argv],
+        **({"update_sizes": recorder.update_sizes()} if args.update_sizes else {}),
         **(extra or {}),
     }
     print(

@@ -75,7 +75,7 @@ def main(argv=None):
         jit_compile=_common.jit_compile(),
     )
     x_val, _, val_batch = _common.evaluation_split(x_test, x_test, args)
-    recorder = _common.LossRecorder()
+    recorder = _common.loss_recorder(args)
     history = model.fit(
         _common.BatchStream(x_train, x_train, args.batch_size, args.steps, args.seed),
         epochs=args.epochs,
@@ -90,6 +90,7 @@ def main(argv=None):
         EXAMPLE, args, model, recorder, history,
         data=data,
         train_evaluation=_common.evaluation_split(x_train, x_train, args, limit=10_000),
+        validation_data=(x_val, x_val, val_batch),
         metric="loss",
         higher_is_better=False,
     )

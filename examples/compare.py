@@ -1,9 +1,9 @@
-"""Run every example with VeLO, Adam(1e-3), AdamW and learning-rate-tuned Adam, and compare them.
+"""Run every example with VeLO and with what a Keras user would pick instead, and compare them.
 
-    python examples/compare.py                             # all seven examples, ~50 runs
-    python examples/compare.py --examples image_convnet,autoencoder --grid 1e-3,3e-3
-    python examples/compare.py --velo-weights bundled,candidate=/work/thetas/repaired
-    python examples/compare.py --quick --out /tmp/comparison   # a few steps per run
+    python examples/compare.py                             # all seven examples, ~120 runs
+    python examples/compare.py --examples image_convnet,autoencoder --alternatives adam,muon
+    python examples/compare.py --velo-weights bundled,bootstrap,candidate=/work/thetas/x
+    python examples/compare.py --quick --untuned --out /tmp/comparison   # a few steps per run
     KERAS_BACKEND=torch python examples/compare.py --out examples/comparison_torch
 
 For each example (`image_convnet`, `text_transformer`,
@@ -13,37 +13,48 @@ For each example (`image_convnet`, `text_transformer`,
 `--seed` (same initial weights, same batches):
 
 * VeLO with each of `--velo-weights` (comma-separated `name=spec` or plain
-  specs, a spec being "bundled", "velo" or a checkpoint path; default: the
-  bundled weights, offline). The first is "VeLO"; each later one is "VeLO
-  <name>" (a plain spec is named by its last path component);
-* Adam at Keras' default learning rate, 1e-3;
-* AdamW at Keras' defaults (`keras.optimizers.AdamW()`: learning rate 1e-3,
-  weight decay 0.004);
-* Adam at every learning rate of `--grid`; "tuned Adam" is the grid point
-  with the best final validation metric (accuracy, or the lowest loss,
-  MAE or MSE).
+  specs, a spec being "bundled", "bootstrap", "velo" or a checkpoint path;
+  default: the bundled weights, offline). The first is "VeLO"; each later
+  one is "VeLO <name>" (a plain spec is named by its last path component);
+* every optimizer of `--alternatives` (`evaluation.alternatives`: Adam,
+  AdamW, AdamW with warm-up and cosine decay, ScheduleFreeAdamW, Muon) at
+  every learning rate of its grid, Keras' default among them. `--grid`
+  replaces Adam's grid; `--untuned` runs each at its default only (Adam at
+  `--grid` still). An optimizer's "tuned" run is its grid point with the
+  best final validation metric (accuracy, or the lowest loss, MAE or MSE);
+  tuned Adam is the VeLO paper's reference.
+
+Every final training loss is the loss the optimizer minimised: measured in
+inference mode after BatchNorm's moving statistics are re-estimated on the
+training examples (`evaluation.batch_norm`; a model without BatchNorm needs
+nothing), so a network whose moving statistics lag is not scored on the
+lag. Validation metrics are inference-mode numbers with the same
+re-estimated statistics.
 
 Each run writes `OUT/runs/<example>/<name>.json`, `<name>` being `velo`
-(the first VeLO), `velo_<name>` (the others), `adamw_lr0.001` or
-`adam_lr<rate>`, and its console output to `OUT/logs/`. A run whose JSON is
-already there, from the same command, backend and code (a SHA-256 of the
-example's script, `_common.py` and, for VeLO, the keras_velo package with
-its weights and the files of a checkpoint path), is skipped, so an
-interrupted comparison resumes where it stopped and a run whose code
-changed since is run again (`--force` reruns everything). At the end it
-writes:
+(the first VeLO), `velo_<name>` (the others) or `<optimizer>_lr<rate>`
+(`adam_lr0.001`, `muon_lr0.003`, ...), and its console output to
+`OUT/logs/`. A run whose JSON is already there, from the same command,
+backend and code (a SHA-256 of the example's script, `_common.py`,
+`evaluation/alternatives.py`, `evaluation/batch_norm.py` and, for VeLO, the
+keras_velo package with its weights and the files of a checkpoint path),
+is skipped, so an interrupted comparison resumes where it stopped and a run
+whose code changed since is run again (`--force` reruns everything). At the
+end it writes:
 
-* `OUT/results.json`: per example, each contender's final training loss
-  and validation metric, every grid point, the winning rate, the first
-  VeLO's ratios against Adam(1e-3), AdamW and tuned Adam (`ratios`), and
-  for each later VeLO (`other_velos`) the same ratios and its ratios
-  against the first VeLO;
-* `OUT/table.md` (also printed): one row per example, the first VeLO
-  against the three Adams; then, for each later VeLO, one row per example
-  with its ratios and whether its validation metric is better or worse
-  than the first VeLO's;
+* `OUT/results.json`: per example, each VeLO's final training loss and
+  validation metric; per alternative its default run, its tuned run and
+  rate, and every grid point; the first VeLO's ratios against each
+  alternative at its default and tuned (`ratios`); for each later VeLO
+  (`other_velos`) the same ratios, its ratios against the first VeLO and
+  whether its metric is better; and per VeLO the summary a user reads
+  first (`summary`: examples at or below tuned Adam and Adam(1e-3), at or
+  below the best alternative, median loss ratio to tuned Adam);
+* `OUT/table.md` (also printed): the final training losses and validation
+  metrics side by side, each VeLO's loss ratios, and the summary;
 * `OUT/loss_curves.png`: training loss per step (moving average), one panel
-  per example, every VeLO against Adam(1e-3), AdamW and tuned Adam.
+  per example, every VeLO against Adam(1e-3), tuned Adam and the user's
+  alternatives at their defaults.
 
 Ratios are VeLO / the other: below 1 means VeLO reached a lower loss (or
 MAE, MSE); for accuracy, above 1 means VeLO is more accurate.
@@ -62,6 +73,9 @@ import time
 
 EXAMPLES_DIR = pathlib.Path(__file__).resolve().parent
 REPOSITORY_ROOT = EXAMPLES_DIR.parent
+sys.path.insert(0, str(REPOSITORY_ROOT))  # evaluation.alternatives, run as `python examples/compare.py`
+from evaluation.alternatives import ALTERNATIVES, USER_CHOICES  # noqa: E402
+
 EXAMPLES = (
     "image_convnet",
     "text_transformer",
@@ -71,11 +85,10 @@ EXAMPLES = (
     "keras_hub_gpt2",
     "keras_hub_vit",
 )
-DEFAULT_GRID = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2)
-KERAS_DEFAULT_ADAM_RATE = 1e-3
-KERAS_DEFAULT_ADAMW_RATE = 1e-3  # keras.optimizers.AdamW(): also weight_decay=0.004
-BASELINES = ("adam_default", "adamw", "adam_tuned")  # results' keys of the three Adams
 VELO_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+SHARED_CODE = ("examples/_common.py", "evaluation/alternatives.py", "evaluation/batch_norm.py")
+REFERENCE = "adam_tuned"  # the VeLO paper's reference: Adam, learning rate tuned over its grid
+ADAM_DEFAULT = "adam_default"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -127,20 +140,22 @@ def parse_velo_weights(text):
 
 @dataclasses.dataclass(frozen=True)
 class Run:
-    """One training run: an example with VeLO (weights `velo`), Adam or AdamW at a rate."""
+    """One training run: an example with VeLO (weights `velo`) or an alternative at a rate."""
 
     example: str
-    optimizer: str  # "velo", "adam" or "adamw"
+    optimizer: str  # "velo" or a key of evaluation.alternatives.ALTERNATIVES
     learning_rate: float | None = None
     velo: VeLOWeights | None = None
 
     def __post_init__(self):
         if (self.optimizer == "velo") != (self.velo is not None):
             raise ValueError(f"Run {self.example} {self.optimizer}: VeLO runs, and only they, need `velo`")
+        if self.optimizer != "velo" and self.optimizer not in ALTERNATIVES:
+            raise ValueError(f"Run {self.example}: unknown optimizer {self.optimizer!r}")
 
     @property
     def name(self):
-        """`"velo"`, `"velo_<name>"`, `"adamw_lr0.001"` or `"adam_lr0.001"`: the file name, without extension."""
+        """`"velo"`, `"velo_<name>"` or `"<optimizer>_lr<rate>"`: the file name, without extension."""
         if self.optimizer == "velo":
             return self.velo.key
         return f"{self.optimizer}_lr{self.learning_rate:g}"
@@ -162,15 +177,30 @@ class Run:
         return arguments + (["--quick"] if quick else [])
 
 
-def plan_runs(examples, grid, velo_weights):
-    """Per example: each VeLO of `velo_weights`, AdamW(1e-3), then Adam at every rate of `grid` and at 1e-3."""
-    rates = sorted(set(grid) | {KERAS_DEFAULT_ADAM_RATE})
+def default_grids(alternatives=tuple(ALTERNATIVES), adam_grid=None, untuned=False):
+    """`{alternative: (learning rates)}`: each one's grid, or only its default with `untuned`.
+
+    `adam_grid` replaces Adam's grid (Adam's default, 1e-3, is always added).
+    """
+    grids = {}
+    for name in alternatives:
+        alternative = ALTERNATIVES[name]
+        rates = alternative.grid
+        if name == "adam" and adam_grid is not None:
+            rates = adam_grid
+        elif untuned:
+            rates = ()
+        grids[name] = tuple(sorted({float(rate) for rate in rates} | {alternative.default_learning_rate}))
+    return grids
+
+
+def plan_runs(examples, grids, velo_weights):
+    """Per example: each VeLO of `velo_weights`, then every alternative at every rate of its grid."""
     return [
         run
         for example in examples
         for run in [Run(example, "velo", velo=weights) for weights in velo_weights]
-        + [Run(example, "adamw", KERAS_DEFAULT_ADAMW_RATE)]
-        + [Run(example, "adam", rate) for rate in rates]
+        + [Run(example, name, rate) for name, rates in grids.items() for rate in rates]
     ]
 
 
@@ -192,7 +222,7 @@ def checkpoint_files(spec):
 
 
 def source_digest(run):
-    """SHA-256 of the code behind `run`: its script, `_common.py` and, for VeLO, keras_velo and its weights.
+    """SHA-256 of the code behind `run`: its script, `SHARED_CODE` and, for VeLO, keras_velo and its weights.
 
     keras_velo holds the bundled weights; for a checkpoint path, the
     checkpoint's file counts too (`checkpoint_files`).
@@ -201,7 +231,7 @@ def source_digest(run):
 
     import keras_velo
 
-    paths = [EXAMPLES_DIR / f"{run.example}.py", EXAMPLES_DIR / "_common.py"]
+    paths = [EXAMPLES_DIR / f"{run.example}.py", *(REPOSITORY_ROOT / path for path in SHARED_CODE)]
     if run.optimizer == "velo":
         package = pathlib.Path(keras_velo.__file__).resolve().parent
         paths += sorted(p for p in package.rglob("*") if p.is_file() and "__pycache__" not in p.parts)
@@ -282,6 +312,7 @@ def _summary(record, name):
         "label": record["label"],
         "learning_rate": record["learning_rate"],
         "final_train_loss": record["final_train_loss"],
+        "train_loss_mode": record.get("train_loss_mode"),
         "metric": record["metric"]["value"],
         "seconds": record["seconds"],
         "run": str(pathlib.Path("runs") / record["example"] / f"{name}.json"),
@@ -308,13 +339,12 @@ def _ratio(numerator, denominator):
     return numerator / denominator
 
 
-def _ratios(key, record, others):
+def _ratios(key, summary, others):
     """`{"train_loss_<key>_over_<other>": ..., "metric_<key>_over_<other>": ...}` for each of `others`."""
-    quantities = {"train_loss": lambda r: r["final_train_loss"], "metric": lambda r: r["metric"]["value"]}
     return {
-        f"{quantity}_{key}_over_{other}": _ratio(value(record), value(other_record))
-        for quantity, value in quantities.items()
-        for other, other_record in others.items()
+        f"{quantity}_{key}_over_{other}": _ratio(summary[field], other_summary[field])
+        for quantity, field in (("train_loss", "final_train_loss"), ("metric", "metric"))
+        for other, other_summary in others.items()
     }
 
 
@@ -332,50 +362,129 @@ def _velo_summary(weights, record):
     return {"title": weights.title, "weights": weights.spec, **_summary(record, weights.key)}
 
 
-def summarise(examples, grid, records, velo_weights):
+def contender_keys(grids):
+    """The keys of the alternatives' runs in a result, in table order: `<name>_default`, and
+    `<name>_tuned` for every alternative with more than one rate."""
+    keys = []
+    for name, rates in grids.items():
+        keys.append(f"{name}_default")
+        if len(rates) > 1:
+            keys.append(f"{name}_tuned")
+    return keys
+
+
+def contender_title(key, result=None):
+    """`"Adam(1e-3)"`-style titles: `"Muon"`, `"tuned Muon (0.003)"`."""
+    name, _, which = key.rpartition("_")
+    title = ALTERNATIVES[name].title
+    if which == "default":
+        return f"{title}({ALTERNATIVES[name].default_learning_rate:g})"
+    rate = f" ({result['alternatives'][name]['tuned_learning_rate']:g})" if result else ""
+    return f"tuned {title}{rate}"
+
+
+def summarise(examples, grids, records, velo_weights):
     """`{example: comparison}` from the run records; examples missing a run are left out.
 
-    `velo_weights`: the `VeLOWeights` compared, the first being "VeLO".
+    `grids`: `{alternative: rates}` (`default_grids`); `velo_weights`: the
+    `VeLOWeights` compared, the first being "VeLO".
     """
     by_key = {(run.example, run.name): record for run, record in records.items()}
     results = {}
     for example in examples:
         velos = [by_key.get((example, weights.key)) for weights in velo_weights]
-        default = by_key.get((example, Run(example, "adam", KERAS_DEFAULT_ADAM_RATE).name))
-        adamw = by_key.get((example, Run(example, "adamw", KERAS_DEFAULT_ADAMW_RATE).name))
-        grid_records = {
-            rate: by_key.get((example, Run(example, "adam", rate).name)) for rate in grid
-        }
-        if any(r is None for r in [*velos, default, adamw, *grid_records.values()]):
+        grid_records = {name: {rate: by_key.get((example, Run(example, name, rate).name)) for rate in rates}
+                        for name, rates in grids.items()}
+        if any(r is None for r in velos) or any(
+                r is None for rates in grid_records.values() for r in rates.values()):
             continue
-        velo = velos[0]
-        metric = velo["metric"]
-        tuned_rate = best_rate(grid_records, metric["higher_is_better"])
-        tuned = grid_records[tuned_rate]
-        baselines = dict(zip(BASELINES, (default, adamw, tuned)))
+        metric = velos[0]["metric"]
+        alternatives, contenders = {}, {}
+        for name, rate_records in grid_records.items():
+            default_rate = ALTERNATIVES[name].default_learning_rate
+            tuned_rate = best_rate(rate_records, metric["higher_is_better"])
+            summaries = {rate: _summary(record, Run(example, name, rate).name)
+                         for rate, record in rate_records.items()}
+            alternatives[name] = {"default": summaries[default_rate], "tuned": summaries[tuned_rate],
+                                  "tuned_learning_rate": tuned_rate,
+                                  "grid": {f"{rate:g}": summary for rate, summary in summaries.items()}}
+            contenders[f"{name}_default"] = summaries[default_rate]
+            if len(rate_records) > 1:
+                contenders[f"{name}_tuned"] = summaries[tuned_rate]
+        velo = _velo_summary(velo_weights[0], velos[0])
         results[example] = {
             "metric": {"name": metric["name"], "higher_is_better": metric["higher_is_better"]},
-            "data": velo["data"],
-            "steps": velo["steps"],
-            "velo": _velo_summary(velo_weights[0], velo),
-            "adam_default": _summary(default, Run(example, "adam", KERAS_DEFAULT_ADAM_RATE).name),
-            "adamw": _summary(adamw, Run(example, "adamw", KERAS_DEFAULT_ADAMW_RATE).name),
-            "adam_tuned": _summary(tuned, Run(example, "adam", tuned_rate).name),
-            "tuned_learning_rate": tuned_rate,
-            "grid": {f"{rate:g}": _summary(record, Run(example, "adam", rate).name)
-                     for rate, record in grid_records.items()},
-            "ratios": _ratios("velo", velo, baselines),
-            "other_velos": {
-                weights.key: {
-                    **_velo_summary(weights, record),
-                    "ratios": _ratios(weights.key, record, {**baselines, "velo": velo}),
-                    "against_velo": _verdict(record["metric"]["value"], velo["metric"]["value"],
-                                             metric["higher_is_better"]),
-                }
-                for weights, record in zip(velo_weights[1:], velos[1:])
-            },
+            "data": velos[0]["data"],
+            "steps": velos[0]["steps"],
+            "train_loss_mode": velos[0].get("train_loss_mode"),
+            "velo": velo,
+            "alternatives": alternatives,
+            "ratios": _ratios("velo", velo, contenders),
+            "other_velos": {},
         }
+        for weights, record in zip(velo_weights[1:], velos[1:]):
+            other = _velo_summary(weights, record)
+            results[example]["other_velos"][weights.key] = {
+                **other,
+                "ratios": _ratios(weights.key, other, {**contenders, "velo": velo}),
+                "against_velo": _verdict(other["metric"], velo["metric"], metric["higher_is_better"]),
+            }
     return results
+
+
+def contenders_of(result):
+    """`{key: summary}` of the alternatives' default and tuned runs in one example's result."""
+    found = {}
+    for name, alternative in result["alternatives"].items():
+        found[f"{name}_default"] = alternative["default"]
+        if len(alternative["grid"]) > 1:
+            found[f"{name}_tuned"] = alternative["tuned"]
+    return found
+
+
+def velo_summaries(results):
+    """Per VeLO (`"velo"` and each key of `other_velos`): how it fares over all examples.
+
+    `{"title", "weights", "examples", "at_or_below_adam_default", "at_or_below_tuned_adam",
+    "at_or_below_best_alternative", "median_loss_ratio_to_tuned_adam", "worst_loss_ratio_to_tuned_adam"}`,
+    counting final training losses (lower is better) over the examples that have tuned Adam.
+    """
+    keys = {}
+    for result in results.values():
+        keys.setdefault("velo", (result["velo"]["title"], result["velo"]["weights"]))
+        for key, other in result["other_velos"].items():
+            keys.setdefault(key, (other["title"], other["weights"]))
+    summaries = {}
+    for key, (title, weights) in keys.items():
+        ratios, below_default, below_best = {}, 0, 0
+        for example, result in results.items():
+            mine = result["velo"] if key == "velo" else result["other_velos"].get(key)
+            contenders = contenders_of(result)
+            if mine is None or REFERENCE not in contenders:
+                continue
+            loss = mine["final_train_loss"]
+            ratios[example] = _ratio(loss, contenders[REFERENCE]["final_train_loss"])
+            below_default += bool(loss <= contenders[ADAM_DEFAULT]["final_train_loss"])
+            below_best += bool(loss <= min(c["final_train_loss"] for c in contenders.values()))
+        finite = sorted(r for r in ratios.values() if math.isfinite(r))
+        summaries[key] = {
+            "title": title, "weights": weights, "examples": len(ratios),
+            "at_or_below_adam_default": below_default,
+            "at_or_below_tuned_adam": sum(r <= 1 for r in finite),
+            "at_or_below_best_alternative": below_best,
+            "median_loss_ratio_to_tuned_adam": _median(finite),
+            "worst_loss_ratio_to_tuned_adam": max(ratios.values(), default=math.nan,
+                                                  key=lambda r: r if math.isfinite(r) else math.inf),
+            "loss_ratio_to_tuned_adam": ratios,
+        }
+    return summaries
+
+
+def _median(values):
+    if not values:
+        return math.nan
+    middle = len(values) // 2
+    return values[middle] if len(values) % 2 else 0.5 * (values[middle - 1] + values[middle])
 
 
 def _metric_title(result):
@@ -383,62 +492,72 @@ def _metric_title(result):
                                        else " (lower is better)")
 
 
+def _cells(values, lower_is_better=True):
+    """Numbers formatted for a row, the best one (lowest, or highest) in bold."""
+    finite = [v for v in values if math.isfinite(v)]
+    best = (min if lower_is_better else max)(finite) if finite else None
+    return [f"**{v:.4g}**" if v == best else f"{v:.4g}" for v in values]
+
+
 def markdown_table(results, header):
-    """One row per example: the first VeLO against the three Adams; then a table per later VeLO."""
-    lines = [
-        header,
-        "",
-        "| example | validation metric | VeLO train loss | Adam(1e-3) train loss | AdamW train loss "
-        "| tuned Adam train loss | tuned Adam rate | VeLO metric | Adam(1e-3) metric | AdamW metric "
-        "| tuned Adam metric | loss VeLO/Adam(1e-3) | loss VeLO/AdamW | loss VeLO/tuned "
-        "| metric VeLO/Adam(1e-3) | metric VeLO/AdamW | metric VeLO/tuned |",
-        "|---|---|" + "---:|" * 15,
-    ]
+    """The losses and metrics side by side, each VeLO's ratios, and the per-VeLO summary."""
+    if not results:
+        return header + "\n\nNo example has every run.\n"
+    first = next(iter(results.values()))
+    velo_columns = [("velo", first["velo"]["title"])] + [
+        (key, other["title"]) for key, other in first["other_velos"].items()]
+    keys = list(contenders_of(first))
+    titles = [title for _, title in velo_columns] + [contender_title(k) for k in keys]
+
+    def row_values(result, field):
+        velos = [result["velo"] if key == "velo" else result["other_velos"][key] for key, _ in velo_columns]
+        contenders = contenders_of(result)
+        return [v[field] for v in velos] + [contenders[k][field] for k in keys]
+
+    lines = [header, "", "**Final training loss** (the loss the optimizer minimised: inference mode on "
+             "training examples, after re-estimating BatchNorm's statistics on them where the model has "
+             "BatchNorm; lowest in bold)", "",
+             "| example | " + " | ".join(titles) + " |", "|---|" + "---:|" * len(titles)]
     for example, result in results.items():
-        ratios = result["ratios"]
-        cells = [
-            example, _metric_title(result),
-            *(f"{result[who]['final_train_loss']:.4g}" for who in ("velo", *BASELINES)),
-            f"{result['tuned_learning_rate']:g}",
-            *(f"{result[who]['metric']:.4g}" for who in ("velo", *BASELINES)),
-            *(f"{ratios[f'{quantity}_velo_over_{who}']:.3g}"
-              for quantity in ("train_loss", "metric") for who in BASELINES),
-        ]
-        lines.append("| " + " | ".join(cells) + " |")
-    lines += [
-        "",
-        "Train loss: on training examples after training, inference mode. Ratios are VeLO / Adam: "
-        "below 1, VeLO's loss (or MAE, MSE) is lower; for accuracy, above 1 means VeLO is more accurate. "
-        "AdamW: Keras' defaults (learning rate 1e-3, weight decay 0.004).",
-    ]
-    others = {}
+        lines.append(f"| {example} | " + " | ".join(_cells(row_values(result, "final_train_loss"))) + " |")
+    lines += ["", "**Validation metric** (inference mode, the same BatchNorm statistics; best in bold)", "",
+              "| example | metric | " + " | ".join(titles) + " |", "|---|---|" + "---:|" * len(titles)]
     for example, result in results.items():
-        for key, other in result["other_velos"].items():
-            others.setdefault(key, []).append((example, result, other))
-    for key, rows in others.items():
-        title = rows[0][2]["title"]
-        worse = [example for example, _, other in rows if other["against_velo"] == "worse"]
-        lines += [
-            "",
-            f"{title} ({rows[0][2]['weights']}) against VeLO ({rows[0][1]['velo']['weights']}): "
-            + (f"worse on {len(worse)} of {len(rows)} examples ({', '.join(worse)})" if worse
-               else f"no example worse than VeLO ({len(rows)} examples)"),
-            "",
-            f"| example | validation metric | {title} train loss | {title} metric | vs VeLO "
-            "| loss /VeLO | loss /Adam(1e-3) | loss /AdamW | loss /tuned "
-            "| metric /VeLO | metric /Adam(1e-3) | metric /AdamW | metric /tuned |",
-            "|---|---|---:|---:|---|" + "---:|" * 8,
-        ]
-        for example, result, other in rows:
-            cells = [
-                example, _metric_title(result),
-                f"{other['final_train_loss']:.4g}", f"{other['metric']:.4g}", other["against_velo"],
-                *(f"{other['ratios'][f'{quantity}_{key}_over_{who}']:.3g}"
-                  for quantity in ("train_loss", "metric") for who in ("velo", *BASELINES)),
-            ]
-            lines.append("| " + " | ".join(cells) + " |")
-    if others:
-        lines += ["", "vs VeLO: the validation metric against the first VeLO's (NaN is worst)."]
+        cells = _cells(row_values(result, "metric"), not result["metric"]["higher_is_better"])
+        lines.append(f"| {example} | {_metric_title(result)} | " + " | ".join(cells) + " |")
+    tuned = "; ".join(f"{example}: " + ", ".join(
+        f"{ALTERNATIVES[name].title} {alternative['tuned_learning_rate']:g}"
+        for name, alternative in result["alternatives"].items() if len(alternative["grid"]) > 1)
+        for example, result in results.items())
+    lines += ["", f"Tuned rates (best validation metric over each grid): {tuned}."]
+    for key, title in velo_columns:
+        lines += ["", f"**{title}'s final training loss / each alternative's** (below 1: {title} lower)", "",
+                  "| example | " + " | ".join(contender_title(k) for k in keys) + " |",
+                  "|---|" + "---:|" * len(keys)]
+        for example, result in results.items():
+            ratios = result["ratios"] if key == "velo" else result["other_velos"][key]["ratios"]
+            lines.append(f"| {example} | " + " | ".join(
+                f"{ratios[f'train_loss_{key}_over_{k}']:.3g}" for k in keys) + " |")
+    lines += ["", "**Summary** (final training loss, over the examples)", "",
+              "| VeLO | weights | at or below Adam(1e-3) | at or below tuned Adam | at or below every "
+              "alternative | median ratio to tuned Adam | worst ratio to tuned Adam |",
+              "|---|---|---:|---:|---:|---:|---:|"]
+    for summary in velo_summaries(results).values():
+        n = summary["examples"]
+        lines.append(f"| {summary['title']} | {summary['weights']} | {summary['at_or_below_adam_default']}/{n} "
+                     f"| {summary['at_or_below_tuned_adam']}/{n} | {summary['at_or_below_best_alternative']}/{n} "
+                     f"| {summary['median_loss_ratio_to_tuned_adam']:.3g} "
+                     f"| {summary['worst_loss_ratio_to_tuned_adam']:.3g} |")
+    others = [key for key, _ in velo_columns[1:]]
+    for key in others:
+        rows = [(example, result["other_velos"][key]) for example, result in results.items()]
+        worse = [example for example, other in rows if other["against_velo"] == "worse"]
+        lines += ["", f"{rows[0][1]['title']} ({rows[0][1]['weights']}) against VeLO ({first['velo']['weights']}), "
+                  "validation metric: " + (f"worse on {len(worse)} of {len(rows)} examples ({', '.join(worse)})"
+                                           if worse else f"no example worse ({len(rows)} examples)")
+                  + "; final training loss / VeLO's: "
+                  + ", ".join(f"{example} {other['ratios'][f'train_loss_{key}_over_velo']:.3g}"
+                              for example, other in rows) + "."]
     return "\n".join(lines) + "\n"
 
 
@@ -453,10 +572,18 @@ def moving_average(values, window):
 
 
 VELO_COLOURS = ["C3", "C1", "C4", "C5", "C6", "C8", "C9"]
+CURVES = (  # what the plot shows beside the VeLOs: (contender key, colour, line style)
+    ("adam_default", "C0", ":"),
+    ("adam_tuned", "C2", "--"),
+    ("adamw_cosine_default", "C7", "-"),
+    ("schedule_free_adamw_default", "C9", "-"),
+    ("muon_default", "C8", "-"),
+)
 
 
 def plot_curves(results, out, path, title):
-    """One panel per example: training loss per step of every VeLO, Adam(1e-3), AdamW and tuned Adam."""
+    """One panel per example: training loss per step of every VeLO, Adam(1e-3), tuned Adam and
+    the user's alternatives (AdamW cosine, ScheduleFreeAdamW, Muon) at their defaults."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -470,14 +597,14 @@ def plot_curves(results, out, path, title):
         velos = [result["velo"], *result["other_velos"].values()]
         curves = [(summary, f"{summary['title']} ({summary['weights']})", colour, "-")
                   for summary, colour in zip(velos, VELO_COLOURS * len(velos))]
-        curves += [(result["adam_default"], result["adam_default"]["label"], "C0", "-"),
-                   (result["adamw"], result["adamw"]["label"], "C7", "-"),
-                   (result["adam_tuned"], f"tuned {result['adam_tuned']['label']}", "C2", "--")]
+        contenders = contenders_of(result)
+        curves += [(contenders[key], contender_title(key, result), colour, style)
+                   for key, colour, style in CURVES if key in contenders]
         for summary, label, colour, style in curves:
             record = json.loads((out / summary["run"]).read_text())
             steps, losses = moving_average(record["step_losses"], len(record["step_losses"]) // 30)
-            ax.plot(steps, losses, color=colour, linestyle=style, label=f"{label}: {result['metric']['name']} "
-                                                       f"{summary['metric']:.3g}")
+            ax.plot(steps, losses, color=colour, linestyle=style,
+                    label=f"{label}: {result['metric']['name']} {summary['metric']:.3g}")
         ax.set_title(example, fontsize=10)
         ax.set_xlabel("training step")
         ax.set_ylabel("training loss (moving average)")
@@ -486,7 +613,7 @@ def plot_curves(results, out, path, title):
         ax.yaxis.set_minor_formatter(LogFormatter(labelOnlyBase=False, minor_thresholds=(2, 0.5)))
         ax.tick_params(axis="y", which="both", labelsize=7)
         ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=6)
     for ax in list(axes.flat)[len(results):]:
         ax.set_visible(False)
     fig.suptitle(title, fontsize=9)
@@ -501,15 +628,21 @@ def parse_arguments(argv=None):
     )
     parser.add_argument("--examples", default=",".join(EXAMPLES),
                         help=f"comma-separated subset of {','.join(EXAMPLES)}")
-    parser.add_argument("--grid", default=",".join(f"{rate:g}" for rate in DEFAULT_GRID),
-                        help="Adam learning rates to tune over (comma-separated)")
+    parser.add_argument("--alternatives", default=",".join(ALTERNATIVES),
+                        help=f"comma-separated subset of {','.join(ALTERNATIVES)} (adam is always run: "
+                        "tuned Adam is the reference)")
+    parser.add_argument("--grid", default=None,
+                        help="Adam's learning rates to tune over (comma-separated; default "
+                        f"{','.join(f'{r:g}' for r in ALTERNATIVES['adam'].grid)})")
+    parser.add_argument("--untuned", action="store_true",
+                        help="every alternative but Adam at its default rate only")
     parser.add_argument("--out", type=pathlib.Path, default=EXAMPLES_DIR / "comparison",
                         help="output folder (default: examples/comparison)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--velo-weights", default="bundled",
                         help='VeLO\'s weights, comma-separated name=spec or plain specs, a spec being '
-                        '"bundled" (default, offline), "velo" or a checkpoint path; the first is "VeLO", '
-                        'the others "VeLO <name>" (e.g. bundled,candidate=/work/thetas/repaired)')
+                        '"bundled" (default, offline), "bootstrap", "velo" or a checkpoint path; the first '
+                        'is "VeLO", the others "VeLO <name>" (e.g. bundled,candidate=/work/thetas/x)')
     parser.add_argument("--quick", action="store_true", help="a few steps per run (for tests)")
     parser.add_argument("--force", action="store_true", help="rerun runs whose JSON exists")
     args = parser.parse_args(argv)
@@ -517,12 +650,20 @@ def parse_arguments(argv=None):
     unknown = sorted(set(args.examples) - set(EXAMPLES))
     if unknown or not args.examples:
         parser.error(f"unknown examples {unknown}; choose from {', '.join(EXAMPLES)}")
-    try:
-        args.grid = sorted({float(rate) for rate in args.grid.split(",") if rate.strip()})
-    except ValueError:
-        parser.error(f"--grid must be comma-separated numbers, got {args.grid!r}")
-    if not args.grid or min(args.grid) <= 0:
-        parser.error(f"--grid needs positive learning rates, got {args.grid}")
+    alternatives = {name.strip() for name in args.alternatives.split(",") if name.strip()} | {"adam"}
+    unknown = sorted(alternatives - set(ALTERNATIVES))
+    if unknown:
+        parser.error(f"unknown alternatives {unknown}; choose from {', '.join(ALTERNATIVES)}")
+    adam_grid = None
+    if args.grid is not None:
+        try:
+            adam_grid = sorted({float(rate) for rate in args.grid.split(",") if rate.strip()})
+        except ValueError:
+            parser.error(f"--grid must be comma-separated numbers, got {args.grid!r}")
+        if not adam_grid or min(adam_grid) <= 0:
+            parser.error(f"--grid needs positive learning rates, got {adam_grid}")
+    args.grids = default_grids([name for name in ALTERNATIVES if name in alternatives], adam_grid,
+                               args.untuned)
     try:
         args.velo_weights = parse_velo_weights(args.velo_weights)
     except ValueError as error:
@@ -530,26 +671,31 @@ def parse_arguments(argv=None):
     return args
 
 
+def _describe_grids(grids):
+    return "; ".join(f"{ALTERNATIVES[name].title} at {', '.join(f'{rate:g}' for rate in rates)}"
+                     for name, rates in grids.items())
+
+
 def main(argv=None):
     args = parse_arguments(argv)
     backend = os.environ.get("KERAS_BACKEND", "jax")
     out = args.out.resolve()  # the runs start in the repository root
     out.mkdir(parents=True, exist_ok=True)
-    runs = plan_runs(args.examples, args.grid, args.velo_weights)
+    runs = plan_runs(args.examples, args.grids, args.velo_weights)
     velos = ", ".join(f"{weights.title} ({weights.spec})" for weights in args.velo_weights)
-    print(f"{len(runs)} runs on {backend}: {', '.join(args.examples)}; {velos}, AdamW(1e-3), "
-          f"Adam at {', '.join(f'{rate:g}' for rate in sorted(set(args.grid) | {KERAS_DEFAULT_ADAM_RATE}))}"
+    print(f"{len(runs)} runs on {backend}: {', '.join(args.examples)}; {velos}; {_describe_grids(args.grids)}"
           f"{' (quick)' if args.quick else ''} -> {out}", flush=True)
     records = execute(runs, out, args, backend)
-    results = summarise(args.examples, args.grid, records, args.velo_weights)
-    header = (f"{velos} vs Adam(1e-3) vs AdamW(1e-3, weight decay 0.004) vs Adam tuned over "
-              f"{{{', '.join(f'{rate:g}' for rate in args.grid)}}}; backend {backend}, seed {args.seed}"
+    results = summarise(args.examples, args.grids, records, args.velo_weights)
+    header = (f"{velos} against {_describe_grids(args.grids)}; backend {backend}, seed {args.seed}"
               f"{', quick' if args.quick else ''}")
     table = markdown_table(results, header)
     (out / "table.md").write_text(table)
     (out / "results.json").write_text(json.dumps(
-        {"backend": backend, "seed": args.seed, "quick": args.quick, "grid": args.grid,
+        {"backend": backend, "seed": args.seed, "quick": args.quick,
+         "grids": {name: list(rates) for name, rates in args.grids.items()},
          "velo_weights": [dataclasses.asdict(weights) for weights in args.velo_weights],
+         "summary": velo_summaries(results),
          "examples": results}, indent=1) + "\n")
     if results:
         plot_curves(results, out, out / "loss_curves.png", header)

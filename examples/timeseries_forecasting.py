@@ -99,7 +99,7 @@ def main(argv=None):
         jit_compile=_common.jit_compile(),
     )
     x_val, y_val, val_batch = _common.evaluation_split(x_val, y_val, args)
-    recorder = _common.LossRecorder()
+    recorder = _common.loss_recorder(args)
     history = model.fit(
         _common.BatchStream(x_train, y_train, args.batch_size, args.steps, args.seed),
         epochs=args.epochs,
@@ -114,6 +114,7 @@ def main(argv=None):
         EXAMPLE, args, model, recorder, history,
         data=data,
         train_evaluation=_common.evaluation_split(x_train, y_train, args, limit=4096),
+        validation_data=(x_val, y_val, val_batch),
         metric="mae",
         higher_is_better=False,
         extra={"last_value_baseline_mse": naive_mse},
