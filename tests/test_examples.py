@@ -76,38 +76,48 @@ def test_example_trains_with_velo_and_writes_finite_losses(example, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.backends("jax")  # the comparison's plumbing is backend-independent; each example runs on every backend above
-def test_compare_runs_velos_adam_adamw_and_tuned_adam_side_by_side(tmp_path):
+def test_compare_runs_velos_and_the_alternatives_side_by_side(tmp_path):
     example = "timeseries_forecasting"
     command = ["examples/compare.py", "--quick", "--examples", example, "--grid", "1e-3,3e-3",
+               "--alternatives", "adamw,muon", "--untuned",
                "--velo-weights", f"bundled,perturbed={THETA}", "--out", str(tmp_path)]
     _run(command)
 
     results = json.loads((tmp_path / "results.json").read_text())
     assert results["backend"] == BACKEND and list(results["examples"]) == [example]
+    assert results["grids"] == {"adam": [1e-3, 3e-3], "adamw": [1e-3], "muon": [1e-3]}
     assert [w["key"] for w in results["velo_weights"]] == ["velo", "velo_perturbed"]
     result = results["examples"][example]
-    assert result["tuned_learning_rate"] in (1e-3, 3e-3)
-    assert result["adam_default"]["learning_rate"] == result["adamw"]["learning_rate"] == 1e-3
-    assert result["adamw"]["label"] == "AdamW(0.001)"
+    adam, adamw, muon = (result["alternatives"][name] for name in ("adam", "adamw", "muon"))
+    assert adam["tuned_learning_rate"] in (1e-3, 3e-3) and set(adam["grid"]) == {"0.001", "0.003"}
+    assert adam["default"]["learning_rate"] == adamw["default"]["learning_rate"] == 1e-3
+    assert adamw["default"]["label"] == "AdamW(0.001)" and muon["default"]["label"] == "Muon(0.001)"
     other = result["other_velos"]["velo_perturbed"]
-    for summary in (result["velo"], result["adam_default"], result["adamw"], result["adam_tuned"], other):
+    for summary in (result["velo"], adam["default"], adam["tuned"], adamw["default"], muon["default"], other):
         assert math.isfinite(summary["final_train_loss"]) and math.isfinite(summary["metric"])
+        assert summary["train_loss_mode"] == "inference mode (no BatchNorm)"
         assert (tmp_path / summary["run"]).exists()
     assert result["velo"]["run"].endswith("/velo.json") and other["run"].endswith("/velo_perturbed.json")
+    assert sorted(result["ratios"]) == sorted(
+        f"{quantity}_velo_over_{key}" for quantity in ("train_loss", "metric")
+        for key in ("adam_default", "adam_tuned", "adamw_default", "muon_default"))
     assert all(math.isfinite(ratio) for ratio in [*result["ratios"].values(), *other["ratios"].values()])
     assert other["ratios"]["train_loss_velo_perturbed_over_velo"] == pytest.approx(
         other["final_train_loss"] / result["velo"]["final_train_loss"])
+    summary = results["summary"]["velo"]
+    assert summary["examples"] == 1 and summary["median_loss_ratio_to_tuned_adam"] == pytest.approx(
+        result["ratios"]["train_loss_velo_over_adam_tuned"])
 
     rows = [line.strip("| ").split(" | ") for line in (tmp_path / "table.md").read_text().splitlines()
             if line.startswith(f"| {example} |")]
-    assert len(rows) == 2  # VeLO against the Adams; the perturbed VeLO against VeLO and the Adams
-    assert len(rows[0]) == 17 and all(math.isfinite(float(cell)) for cell in rows[0][2:])
-    assert rows[1][4] == other["against_velo"] and all(math.isfinite(float(c)) for c in rows[1][5:])
+    assert len(rows) == 4  # losses, metrics, and one ratio row per VeLO
+    assert len(rows[0]) == 1 + 2 + 4  # example, two VeLOs, Adam(1e-3), tuned Adam, AdamW, Muon
+    assert all(math.isfinite(float(cell.strip("*"))) for row in rows for cell in row[1:] if "(" not in cell)
     assert (tmp_path / "loss_curves.png").read_bytes()[:4] == b"\x89PNG"
     assert (tmp_path / "loss_curves.png").stat().st_size > 10_000
 
     again = _run(command)  # resumes: every run's JSON is there
-    assert again.count("done before, skipped") == 5  # 2 VeLOs, AdamW, Adam at 1e-3 and 3e-3
+    assert again.count("done before, skipped") == 6  # 2 VeLOs, Adam at 1e-3 and 3e-3, AdamW, Muon
 
 
 @pytest.mark.skipif(not datasets.has_fashion_mnist(), reason="Debian dataset-fashion-mnist not installed")
@@ -164,6 +174,8 @@ def test_compare_reruns_a_run_whose_code_or_command_changed(tmp_path):
     assert compare.recorded_run(path, "autoencoder.py", arguments, BACKEND, digest) is None
 
     adamw, adam = compare.Run("autoencoder", "adamw", 1e-3), compare.Run("autoencoder", "adam", 1e-3)
+    with pytest.raises(ValueError, match="unknown optimizer"):
+        compare.Run("autoencoder", "sgd", 1e-3)
     assert adamw.name == "adamw_lr0.001" and adamw.json_path(tmp_path) != adam.json_path(tmp_path)
     assert adamw.arguments(tmp_path, 0, True)[:2] == ["--optimizer", "adamw"]
     assert compare.source_digest(adamw) == compare.source_digest(adam)  # same code; the command differs
@@ -184,12 +196,13 @@ def test_compare_reruns_a_run_whose_code_or_command_changed(tmp_path):
 def _record(example, optimizer, train_loss, metric, higher_is_better=True, learning_rate=None):
     return {"example": example, "optimizer": optimizer, "label": optimizer, "learning_rate": learning_rate,
             "final_train_loss": train_loss, "seconds": 1.0, "data": "d", "steps": 6,
+            "train_loss_mode": "inference mode (no BatchNorm)",
             "metric": {"name": "accuracy" if higher_is_better else "loss", "value": metric,
                        "higher_is_better": higher_is_better}}
 
 
 @pytest.mark.backends("jax")  # pure Python plumbing
-def test_compare_summarises_adamw_and_a_second_velo_against_the_first():
+def test_compare_tunes_each_alternative_and_summarises_every_velo():
     compare = _compare_module()
     velo_weights = compare.parse_velo_weights("bundled,candidate=/tmp/theta,/elsewhere/repaired/")
     assert [(w.key, w.title, w.spec) for w in velo_weights] == [
@@ -199,41 +212,58 @@ def test_compare_summarises_adamw_and_a_second_velo_against_the_first():
         with pytest.raises(ValueError):
             compare.parse_velo_weights(bad)
     velo_weights = velo_weights[:2]
-    runs = compare.plan_runs(["image_convnet", "autoencoder"], [3e-3], velo_weights)
-    assert [run.name for run in runs[:5]] == [
-        "velo", "velo_candidate", "adamw_lr0.001", "adam_lr0.001", "adam_lr0.003"]
-    assert len(runs) == 10
+    grids = compare.default_grids(["adam", "adamw", "muon"], adam_grid=[3e-3])
+    assert grids == {"adam": (1e-3, 3e-3), "adamw": (1e-3,), "muon": (3e-4, 1e-3, 3e-3)}
+    assert compare.default_grids(["muon"], untuned=True) == {"muon": (1e-3,)}
+    runs = compare.plan_runs(["image_convnet", "autoencoder"], grids, velo_weights)
+    assert [run.name for run in runs[:8]] == [
+        "velo", "velo_candidate", "adam_lr0.001", "adam_lr0.003", "adamw_lr0.001",
+        "muon_lr0.0003", "muon_lr0.001", "muon_lr0.003"]
+    assert len(runs) == 16
 
     # accuracy (higher is better): the candidate is worse than VeLO; loss: it is better
     numbers = {
         "image_convnet": {"velo": (0.5, 0.80), "velo_candidate": (0.6, 0.75), "adamw_lr0.001": (0.4, 0.70),
-                          "adam_lr0.001": (1.0, 0.60), "adam_lr0.003": (0.8, 0.78)},
+                          "adam_lr0.001": (1.0, 0.60), "adam_lr0.003": (0.8, 0.78),
+                          "muon_lr0.0003": (0.9, 0.5), "muon_lr0.001": (0.45, 0.82), "muon_lr0.003": (0.3, 0.81)},
         "autoencoder": {"velo": (0.02, 0.02), "velo_candidate": (0.01, 0.01), "adamw_lr0.001": (0.04, 0.04),
-                        "adam_lr0.001": (0.05, 0.05), "adam_lr0.003": (0.03, 0.03)},
+                        "adam_lr0.001": (0.05, 0.05), "adam_lr0.003": (0.03, 0.03),
+                        "muon_lr0.0003": (0.06, 0.06), "muon_lr0.001": (0.05, 0.05), "muon_lr0.003": (0.04, 0.04)},
     }
     records = {run: _record(run.example, run.optimizer, *numbers[run.example][run.name],
                             higher_is_better=run.example == "image_convnet", learning_rate=run.learning_rate)
                for run in runs}
-    results = compare.summarise(["image_convnet", "autoencoder"], [3e-3], records, velo_weights)
+    results = compare.summarise(["image_convnet", "autoencoder"], grids, records, velo_weights)
     image = results["image_convnet"]
-    assert image["adamw"]["final_train_loss"] == 0.4 and image["adamw"]["run"] == "runs/image_convnet/adamw_lr0.001.json"
-    assert image["ratios"]["train_loss_velo_over_adamw"] == pytest.approx(0.5 / 0.4)
+    adamw, muon = image["alternatives"]["adamw"], image["alternatives"]["muon"]
+    assert adamw["default"]["final_train_loss"] == 0.4 and adamw["default"]["run"] == "runs/image_convnet/adamw_lr0.001.json"
+    assert muon["tuned_learning_rate"] == 1e-3 and muon["tuned"]["final_train_loss"] == 0.45  # best accuracy
+    assert image["ratios"]["train_loss_velo_over_adamw_default"] == pytest.approx(0.5 / 0.4)
     assert image["ratios"]["metric_velo_over_adam_tuned"] == pytest.approx(0.80 / 0.78)
+    assert image["ratios"]["train_loss_velo_over_muon_tuned"] == pytest.approx(0.5 / 0.45)
+    assert "train_loss_velo_over_adamw_tuned" not in image["ratios"]  # one rate: no tuning
     candidate = image["other_velos"]["velo_candidate"]
     assert candidate["run"] == "runs/image_convnet/velo_candidate.json" and candidate["weights"] == "/tmp/theta"
     assert candidate["ratios"]["metric_velo_candidate_over_velo"] == pytest.approx(0.75 / 0.80)
-    assert candidate["ratios"]["train_loss_velo_candidate_over_adamw"] == pytest.approx(0.6 / 0.4)
+    assert candidate["ratios"]["train_loss_velo_candidate_over_adamw_default"] == pytest.approx(0.6 / 0.4)
     assert candidate["against_velo"] == "worse"
     assert results["autoencoder"]["other_velos"]["velo_candidate"]["against_velo"] == "better"
 
+    summaries = compare.velo_summaries(results)
+    velo, other = summaries["velo"], summaries["velo_candidate"]
+    assert velo["examples"] == 2 and velo["at_or_below_adam_default"] == 2 and velo["at_or_below_tuned_adam"] == 2
+    assert velo["median_loss_ratio_to_tuned_adam"] == pytest.approx((0.5 / 0.8 + 0.02 / 0.03) / 2)
+    assert velo["at_or_below_best_alternative"] == 1  # the autoencoder; Muon is lower on image_convnet
+    assert other["worst_loss_ratio_to_tuned_adam"] == pytest.approx(0.6 / 0.8)
+
     table = compare.markdown_table(results, "header")
-    assert "VeLO candidate (/tmp/theta) against VeLO (bundled): worse on 1 of 2 examples (image_convnet)" in table
+    assert "VeLO candidate (/tmp/theta) against VeLO (bundled), validation metric: worse on 1 of 2 examples" in table
     rows = [line.strip("| ").split(" | ") for line in table.splitlines() if line.startswith("| image_convnet |")]
-    assert len(rows[0]) == 17 and rows[0][4] == "0.4" and rows[0][12] == "1.25"  # AdamW's loss; VeLO/AdamW
-    assert rows[1][2:6] == ["0.6", "0.75", "worse", "1.2"]  # train loss, metric, verdict, loss / VeLO
+    assert rows[0][1:] == ["0.5", "0.6", "1", "0.8", "**0.4**", "0.45", "0.45"]  # training losses
+    assert rows[2][1:3] == ["0.5", "0.625"]  # VeLO / Adam(1e-3), VeLO / tuned Adam
 
     del records[runs[1]]  # the candidate failed on image_convnet: the example is left out
-    assert list(compare.summarise(["image_convnet", "autoencoder"], [3e-3], records, velo_weights)) == [
+    assert list(compare.summarise(["image_convnet", "autoencoder"], grids, records, velo_weights)) == [
         "autoencoder"]
 
 
