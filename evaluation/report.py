@@ -55,7 +55,11 @@ def build_report(out_dir):
                   f"backend {study.get('backend')}, Python {study.get('python')}, keras {study.get('keras')}.", ""]
     diverged = [f"{r.workload}/{r.submission}/trial{r.trial}" for r in runs if r.end["status"] != "finished"]
     lines += [f"{len(runs)} finished runs over {len(workloads)} workloads; diverged: "
-              f"{', '.join(diverged) if diverged else 'none'}.", ""]
+              f"{', '.join(diverged) if diverged else 'none'}.", "",
+              "What is measured: the training loss is the mean of the training batches' losses in training "
+              "mode (the loss each optimizer minimised, BatchNorm on batch statistics); the validation loss "
+              "is measured in inference mode on the held-out split, BatchNorm with its moving statistics "
+              "(momentum as the model sets it).", ""]
 
     lines += ["## Benchmark scores (AlgoPerf)", "",
               "B = integral of the performance profile over tau in [1, 4] / 3 (1 = fastest everywhere). "

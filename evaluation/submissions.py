@@ -5,6 +5,10 @@
   decoupled weight decay 4e-3) with warm-up + cosine over 75% of the step
   hint; `heavy_ball` and `nesterov` (5e-2, momentum 0.9) with warm-up +
   linear decay to 1e-3 at the step hint.
+* What a Keras user would pick instead (`evaluation.alternatives`), at
+  Keras' defaults, scored like the baselines: `adamw_cosine` (AdamW 1e-3,
+  5% linear warm-up, cosine decay to 0 over the step budget),
+  `schedule_free_adamw` (2.5e-3) and `muon` (1e-3).
 * VeLO, its step prompt set by a fixed rule from the budget, never tuned
   per workload: `velo-100` / `velo-75` / `velo-50` are told `fraction x
   num_steps` steps (the step-budget condition); `velo-time-100` /
@@ -28,6 +32,7 @@ from typing import Callable
 
 import keras
 
+from evaluation.alternatives import ALTERNATIVES, USER_CHOICES
 from evaluation.schedules import WarmupCosine, WarmupLinearDecay
 
 CONDITIONS = ("steps", "time")
@@ -69,6 +74,12 @@ class Submission:
 
 def _baseline(name, algorithm, make):
     return Submission(name, algorithm, "baseline", CONDITIONS, "both", make)
+
+
+def _alternative(name):
+    alternative = ALTERNATIVES[name]
+    return _baseline(name, alternative.title,
+                     lambda workload: alternative.make(total_steps=workload.num_steps))
 
 
 def _velo_steps(fraction, weights):
@@ -117,6 +128,7 @@ def make_submissions(velo_weights="bundled"):
         _baseline("nesterov", "Nesterov", lambda w: keras.optimizers.SGD(WarmupLinearDecay(5e-2, w.num_steps),
                                                                           momentum=0.9, nesterov=True)),
     ]
+    baselines += [_alternative(name) for name in USER_CHOICES]
     velo = [_velo_steps(f, velo_weights) for f in VELO_STEP_FRACTIONS]
     velo += [_velo_time(f, velo_weights) for f in VELO_TIME_FRACTIONS]
     grid = [_adam_constant(lr) for lr in ADAM_GRID]
@@ -124,7 +136,9 @@ def make_submissions(velo_weights="bundled"):
 
 
 GROUPS = {
-    "baselines": ("adam", "nadam", "nadamw", "heavy_ball", "nesterov"),
+    "baselines": ("adam", "nadam", "nadamw", "heavy_ball", "nesterov", *USER_CHOICES),
+    "published-baselines": ("adam", "nadam", "nadamw", "heavy_ball", "nesterov"),
+    "alternatives": USER_CHOICES,
     "velo": ("velo-100", "velo-75", "velo-time-100", "velo-time-75"),
     "velo-sensitivity": ("velo-50",),
     "adam-grid": tuple(f"adam-lr{lr:g}" for lr in ADAM_GRID),

@@ -58,6 +58,24 @@ def test_baselines_have_the_published_defaults():
     assert subs["nesterov"].make_optimizer(workload).nesterov and subs["heavy_ball"].make_optimizer(workload).momentum == 0.9
 
 
+def test_the_alternatives_a_user_would_pick_are_baselines_at_keras_defaults():
+    import keras
+
+    workload = workloads_from_suite("canonical-cpu-v1", names=["mlp-mnist1d"])[0]
+    subs = make_submissions()
+    assert GROUPS["alternatives"] == ("adamw_cosine", "schedule_free_adamw", "muon")
+    assert set(GROUPS["alternatives"]) < set(GROUPS["baselines"])
+    expected = {"adamw_cosine": keras.optimizers.AdamW, "schedule_free_adamw": keras.optimizers.ScheduleFreeAdamW,
+                "muon": keras.optimizers.Muon}
+    for name, keras_class in expected.items():
+        assert subs[name].kind == "baseline" and subs[name].stop == "both"
+        assert set(subs[name].conditions) == {"steps", "time"}
+        assert isinstance(subs[name].make_optimizer(workload), keras_class)
+    schedule = subs["adamw_cosine"].make_optimizer(workload)._learning_rate
+    assert schedule.warmup_steps + schedule.decay_steps == workload.num_steps  # decays over the step budget
+    assert float(subs["schedule_free_adamw"].make_optimizer(workload).learning_rate) == pytest.approx(2.5e-3)
+
+
 def test_velo_prompt_rule():
     workload = workloads_from_suite("canonical-cpu-v1", names=["mlp-mnist1d"])[0]
     subs = make_submissions()
