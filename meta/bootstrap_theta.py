@@ -9,7 +9,7 @@ it). Until keras-velo's own meta-training exists, that theta is *set by
 hand* here: not learned, but written down so that VeLO's step is a known,
 sensible rule. The file is rebuilt byte for byte by
 
-    python -m meta.bootstrap_theta --out keras_velo/weights/bundled
+    python -m meta.bootstrap_theta --out keras_velo/weights/bootstrap
 
 (gzip-compressed `params.gz` plus `config.gin`). `python -m meta.bootstrap_tuning` re-runs the small
 search that chose `DEFAULT_CONSTANTS` (see `meta/bootstrap_tuning.py`); the
@@ -412,7 +412,7 @@ def main(argv=None):
         description="Build keras-velo's bootstrap theta (weights='bundled').",
     )
     parser.add_argument(
-        "--out", default="keras_velo/weights/bundled",
+        "--out", default="keras_velo/weights/bootstrap",
         help="output directory for params.gz and config.gin (default: %(default)s)",
     )
     args = parser.parse_args(argv)

@@ -39,6 +39,7 @@ import pathlib
 import pickle
 import sys
 import time
+import types
 
 import numpy as np
 
@@ -57,26 +58,28 @@ RESUMABLE_CHANGES = ("name", "iterations", "minutes", "workers", "validate_every
                      "validate_every_minutes", "ood_validation")
 
 
-STEP_SCALED = "bundled-step:"
+STEP_SCALED = "-step:"  # "<shipped weights>-step:S", e.g. "bootstrap-step:0.1"
 FROM_RUN = "run:"
 
 
 def initial_theta(init, seed=0):
     """`(theta, description)` to start from.
 
-    `init`: "bundled", "random" (seeded), "velo", a checkpoint path,
-    "bundled-step:S" (the bundled theta with its step-size head scaled by
-    S: every tensor's steps S times as large; the known answer's damage,
-    or a start below the bootstrap's step), or "run:DIR" (the current
-    theta of the meta-training run in DIR, rebuilt from its compact state).
+    `init`: a shipped name ("bundled", "bootstrap"), "random" (seeded),
+    "velo", a checkpoint path, "<shipped name>-step:S" (those weights with
+    the step-size head scaled by S: every tensor's steps S times as large;
+    the known answer's damage, or a start below the bootstrap's step), or
+    "run:DIR" (the current theta of the meta-training run in DIR, rebuilt
+    from its compact state).
     """
-    from keras_velo.weights.pretrained import resolve_weights
+    from keras_velo.weights.pretrained import BUNDLED_WEIGHTS, resolve_weights
 
     if init == "random":
         return resolve_weights(None, seed=seed)
-    if init.startswith(STEP_SCALED):
-        scale = float(init[len(STEP_SCALED):])
-        theta, description = resolve_weights("bundled")
+    name, step_scaled, scale = init.partition(STEP_SCALED)
+    if step_scaled and name in BUNDLED_WEIGHTS:
+        scale = float(scale)
+        theta, description = resolve_weights(name)
         head = theta["rnn_params"]["step_size"]
         theta["rnn_params"]["step_size"] = {k: v * np.float32(scale) for k, v in head.items()}
         return theta, f"{description}, step-size head x {scale:g}"
@@ -87,12 +90,23 @@ def initial_theta(init, seed=0):
     return resolve_weights(init)
 
 
-def build_subspace(config, init):
-    """`(ThetaSubspace, description of theta0)` of a run."""
+def build_subspace(config, init, fingerprint=None):
+    """`(ThetaSubspace, description of theta0)` of a run.
+
+    `fingerprint`: the `theta0_sha256` a run recorded. Runs recorded
+    "bundled" when it named the bootstrap theta; if `init` resolves to
+    another theta now, its "bootstrap" reading is used when that matches.
+    """
     from meta.subspace import ThetaSubspace
 
     theta0, description = initial_theta(init, config.seed)
-    return ThetaSubspace(config.subspace, theta0), description
+    subspace = ThetaSubspace(config.subspace, theta0)
+    if fingerprint is not None and subspace.fingerprint != fingerprint and "bundled" in init:
+        theta0, older = initial_theta(init.replace("bundled", "bootstrap"), config.seed)
+        older_subspace = ThetaSubspace(config.subspace, theta0)
+        if older_subspace.fingerprint == fingerprint:
+            return older_subspace, f"{older} (recorded as {init!r})"
+    return subspace, description
 
 
 # ------------------------------------------------------------------ run files
@@ -188,13 +202,13 @@ def _config_record(config, init, subspace):
 
 def load_run(out):
     """`(config record, subspace, z, iteration)` of the run in `out` (for evaluation)."""
-    from meta.subspace import SubspaceSpec, ThetaSubspace
+    from meta.subspace import SubspaceSpec
 
     out = pathlib.Path(out)
     record = json.loads((out / RUN_CONFIG).read_text())
     spec = SubspaceSpec.from_dict(record["config"]["subspace"])
-    theta0, _ = initial_theta(record["init"], record["config"]["seed"])
-    subspace = ThetaSubspace(spec, theta0)
+    config = types.SimpleNamespace(subspace=spec, seed=record["config"]["seed"])
+    subspace, _ = build_subspace(config, record["init"], record["theta0_sha256"])
     if subspace.fingerprint != record["theta0_sha256"]:
         raise ValueError(
             f"{out}: its starting theta {record['init']!r} is not the one the run began from "
@@ -221,7 +235,8 @@ def train(config, out, init="bundled", resume=False, address=None, progress=True
     enable_compilation_cache()
     out = pathlib.Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    subspace, description = build_subspace(config, init)
+    recorded = json.loads((out / RUN_CONFIG).read_text()) if resume and (out / RUN_CONFIG).exists() else {}
+    subspace, description = build_subspace(config, init, recorded.get("theta0_sha256"))
     record = _config_record(config, init, subspace)
     config_path = out / RUN_CONFIG
     if resume:

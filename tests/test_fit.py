@@ -367,7 +367,8 @@ def test_bundled_weights_travel_by_name(tmp_path, monkeypatch):
     for a, b in zip(_weights(resumed), _weights(straight)):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
 
-    # Another version's bundled weights: the restored theta differs from the saved one.
+    # "bundled" has become another theta since the save (a later keras-velo): the restored VeLO
+    # starts from it, and loading puts back the shipped theta the file names by fingerprint.
     resolve = keras_velo.training.optimizer.resolve_saved_weights
 
     def other_version(weights, seed=0):
@@ -378,6 +379,15 @@ def test_bundled_weights_travel_by_name(tmp_path, monkeypatch):
         return theta, description, error
 
     monkeypatch.setattr(keras_velo.training.optimizer, "resolve_saved_weights", other_version)
+    resumed = keras.saving.load_model(tmp_path / "bundled.keras")
+    resumed.fit(x, y, batch_size=BATCH, epochs=1, shuffle=False, verbose=0, callbacks=[keras_velo.VeLOCallback()])
+    for a, b in zip(_weights(resumed), _weights(straight)):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+    resumed.save(tmp_path / "again.keras")  # still by name: the theta it holds is shipped
+    assert (tmp_path / "again.keras").stat().st_size < 1_000_000
+
+    # Saved with weights this version does not ship: an error that says so.
+    monkeypatch.setattr(keras_velo.weights.theta_by_name, "shipped_fingerprints", lambda: {})
     with pytest.raises(Exception, match="another version of keras-velo"):
         keras.saving.load_model(tmp_path / "bundled.keras")
 

@@ -201,6 +201,33 @@ def test_a_random_subspace_is_regenerated_from_its_seed_and_pulls_back_by_its_tr
     assert float(pulled @ v) == pytest.approx(direct, rel=1e-4)
 
 
+def test_a_run_recorded_from_bundled_rebuilds_after_bundled_becomes_another_theta(monkeypatch):
+    """Runs recorded `--init bundled` (or `bundled-step:S`) when "bundled" was the bootstrap keep
+    loading and resuming once "bundled" ships another theta: their recorded fingerprint picks the
+    bootstrap."""
+    import types
+
+    from keras_velo.weights import pretrained
+    from meta.subspace import SubspaceSpec
+    from meta.train import build_subspace
+
+    config = types.SimpleNamespace(subspace=SubspaceSpec(("step_size_head",)), seed=0)
+    recorded, _ = build_subspace(config, "bundled-step:0.1")
+    original = pretrained._load_bundled
+
+    def another_bundled(name):
+        theta = original(name)
+        if name == "bundled":
+            theta["rnn_params"]["step_size"]["b"] = theta["rnn_params"]["step_size"]["b"] + 1.0
+        return theta
+
+    monkeypatch.setattr(pretrained, "_load_bundled", another_bundled)
+    assert build_subspace(config, "bundled-step:0.1")[0].fingerprint != recorded.fingerprint
+    again, description = build_subspace(config, "bundled-step:0.1", recorded.fingerprint)
+    assert again.fingerprint == recorded.fingerprint and "recorded as 'bundled-step:0.1'" in description
+    assert build_subspace(config, "bootstrap-step:0.1")[0].fingerprint == recorded.fingerprint
+
+
 def test_subspace_spec_rejects_unknown_blocks_and_dimensions():
     from meta.subspace import SubspaceSpec
 

@@ -314,38 +314,43 @@ def test_resolve_unknown_string(tmp_path):
         assert "params" in message
 
 
-# --- the bundled weights (keras-velo's bootstrap theta, meta/bootstrap_theta.py)
+# --- the shipped weights: "bundled" and the bootstrap theta (meta/bootstrap_theta.py)
 
 
-def test_bundled_registry_and_package_data():
-    entry = pretrained.BUNDLED_WEIGHTS["bundled"]
-    assert entry.package == "keras_velo"
-    assert entry.resource == "weights/bundled/params.gz"
-    assert "bootstrap" in entry.description and "not meta-trained" in entry.description
-    assert entry.path().is_file()
-    assert entry.path().read_bytes()[:2] == b"\x1f\x8b"  # gzip
+def test_shipped_registry_and_package_data():
     tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
     pyproject = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())
     shipped = pyproject["tool"]["setuptools"]["package-data"]["keras_velo"]
-    assert "weights/bundled/*" in shipped
+    assert set(pretrained.BUNDLED_WEIGHTS) >= {"bundled", "bootstrap"}
+    for name, entry in pretrained.BUNDLED_WEIGHTS.items():
+        assert entry.name == name and entry.package == "keras_velo"
+        assert entry.path().is_file()
+        assert entry.path().read_bytes()[:2] == b"\x1f\x8b"  # gzip
+        assert str(pathlib.PurePosixPath(entry.resource).parent / "*") in shipped
+    bootstrap = pretrained.BUNDLED_WEIGHTS["bootstrap"]
+    assert bootstrap.resource == "weights/bootstrap/params.gz"
+    assert "bootstrap" in bootstrap.description and "not meta-trained" in bootstrap.description
 
 
-def test_resolve_bundled_is_the_bootstrap_theta():
-    theta, description = resolve_weights("bundled")
-    validate_theta(theta, source="bundled")
+def test_resolve_bootstrap_is_the_hand_set_theta():
+    theta, description = resolve_weights("bootstrap")
+    validate_theta(theta, source="bootstrap")
     _assert_bit_equal(theta, bootstrap_theta())
-    assert "bundled" in description and "bootstrap" in description
+    assert "bootstrap" in description
+    bundled, description = resolve_weights("bundled")
+    validate_theta(bundled, source="bundled")
+    assert "bundled" in description
 
 
-def test_bundled_file_is_reproduced_byte_for_byte(tmp_path):
+def test_bootstrap_file_is_reproduced_byte_for_byte(tmp_path):
     """The script's writer rebuilds the shipped files exactly (see meta/bootstrap_theta.py)."""
-    shipped = pretrained.BUNDLED_WEIGHTS["bundled"].path()
+    shipped = pretrained.BUNDLED_WEIGHTS["bootstrap"].path()
     written = write_bootstrap_checkpoint(tmp_path)
     assert written == tmp_path / "params.gz"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["config.gin", "params.gz"]
     assert written.read_bytes() == shipped.read_bytes(), (
-        "keras_velo/weights/bundled/params.gz is stale: rebuild it with "
-        "`python -m meta.bootstrap_theta --out keras_velo/weights/bundled`"
+        "keras_velo/weights/bootstrap/params.gz is stale: rebuild it with "
+        "`python -m meta.bootstrap_theta --out keras_velo/weights/bootstrap`"
     )
     assert (tmp_path / "config.gin").read_bytes() == (
         shipped.parent.joinpath("config.gin").read_bytes()

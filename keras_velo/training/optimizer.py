@@ -404,11 +404,11 @@ class VeLO(keras.optimizers.Optimizer):
         """Keras' saving; the bundled theta is written as a fingerprint (`saving`)."""
         saving.save_variables(
             store, self.variables, self._velo.theta if self.built else None,
-            by_name=self.weights_spec == "bundled", save_all=super().save_own_variables,
+            by_name=saving.travels_by_name(self.weights_spec), save_all=super().save_own_variables,
         )
 
     def load_own_variables(self, store):
-        """Keras' loading; a theta saved by name is checked against the installed bundled one."""
+        """Keras' loading; a theta saved by name is the shipped theta with its fingerprint."""
         if saving.load_variables(
             store, self.variables, self._velo.theta if self.built else None,
             super().load_own_variables, self._variables_before_build,

@@ -2,21 +2,23 @@
 
 Keras saves an optimizer's variables with the model (`model.save`,
 `save_weights`, `BackupAndRestore`). VeLO's include theta, 9.28 MB; when
-theta is the unmodified bundled one it is written as its SHA-256
-fingerprint instead (`keras_velo.weights.theta_by_name`) and checked
-against the installed bundled weights on loading. `SavedWeights` is the
-`weights=` a VeLO rebuilt from its config gets: theta comes back with the
-variables.
+theta is one the package ships unmodified (`"bundled"`, `"bootstrap"`) it
+is written as its SHA-256 fingerprint instead
+(`keras_velo.weights.theta_by_name`), and on loading the shipped theta
+with that fingerprint is restored. `SavedWeights` is the `weights=` a VeLO
+rebuilt from its config gets: theta comes back with the variables.
 """
 
 import numpy as np
 from keras import ops
 
-from keras_velo.maths.theta import CheckpointError
+from keras_velo.maths.theta import CheckpointError, flatten_theta
+from keras_velo.weights.pretrained import BUNDLED_WEIGHTS, resolve_weights
 from keras_velo.weights.theta_by_name import (
     FINGERPRINT_KEY,
-    bundled_fingerprint,
     fingerprint,
+    shipped_fingerprints,
+    shipped_name,
 )
 
 
@@ -37,17 +39,25 @@ def theta_fingerprint(theta_variables):
     return fingerprint({p: ops.convert_to_numpy(v.value) for p, v in theta_variables.items()})
 
 
-def save_variables(store, variables, theta_variables, by_name, save_all):
-    """Writes an optimizer's `variables` to `store`, theta by name if `by_name`.
+def travels_by_name(weights_spec):
+    """Whether a VeLO built with `weights=weights_spec` may save theta as a fingerprint:
+    it names a theta the package ships (whether theta still is one is checked at saving)."""
+    return isinstance(weights_spec, str) and weights_spec in BUNDLED_WEIGHTS
 
-    `by_name`: save the bundled theta as its fingerprint (the optimizer
-    knows it was built with `weights="bundled"`; it is checked here that
-    theta is still the installed bundled one, else it is saved by value).
-    `theta_variables` is None before the optimizer is built. `save_all(store)`
-    is Keras' own (every variable by value).
+
+def save_variables(store, variables, theta_variables, by_name, save_all):
+    """Writes an optimizer's `variables` to `store`, theta by name if `by_name` and it is shipped.
+
+    `by_name`: the optimizer was built with shipped weights
+    (`travels_by_name`); theta is saved as its fingerprint if it is still,
+    unmodified, a theta the package ships (any of them: a model restored
+    from an older save may hold the bootstrap while its spec says
+    "bundled"), else by value. `theta_variables` is None before the
+    optimizer is built. `save_all(store)` is Keras' own (every variable by
+    value).
     """
     value = theta_fingerprint(theta_variables) if by_name and theta_variables else None
-    if value is None or bytes(value) != bundled_fingerprint():
+    if value is None or shipped_name(value) is None:
         return save_all(store)
     theta_ids = {id(v) for v in theta_variables.values()}
     for i, variable in enumerate(variables):
@@ -62,9 +72,10 @@ def load_variables(store, variables, theta_variables, load_all, variables_before
     `theta_variables` is None before the optimizer is built; `load_all(store)`
     is Keras' own; `variables_before_build` is how many variables the
     optimizer has before `build` (its counters). Returns whether theta came
-    back from the store (by value, or by name and checked). Raises
-    `CheckpointError` if theta was saved by name and the installed bundled
-    weights differ.
+    back from the store (by value, or by name: the shipped theta with the
+    saved fingerprint, assigned to theta's variables if they hold another).
+    Raises `CheckpointError` if theta was saved by name and no theta shipped
+    with this keras-velo has its fingerprint.
     """
     saved_count = len(store.keys())
     if theta_variables is not None and saved_count == variables_before_build < len(variables):
@@ -78,14 +89,20 @@ def load_variables(store, variables, theta_variables, load_all, variables_before
         load_all(store)
         return True
     saved = bytes(np.asarray(store[FINGERPRINT_KEY], np.uint8))
-    if theta_variables is None or bytes(theta_fingerprint(theta_variables)) != saved:
+    name = shipped_name(saved)
+    if theta_variables is None or name is None:
+        shipped = ", ".join(f"{n} {f.hex()[:16]}..." for f, n in shipped_fingerprints().items())
         raise CheckpointError(
-            "This VeLO optimizer was saved with weights='bundled' by name (SHA-256 "
-            f"{saved.hex()[:16]}...), but the bundled weights installed here differ "
-            f"({bundled_fingerprint().hex()[:16]}...): it was saved with another "
-            "version of keras-velo. Install that version to resume exactly, or "
-            "load the model with `compile=False` and compile it with a new VeLO."
+            "This VeLO optimizer was saved with weights shipped in keras-velo, by their "
+            f"fingerprint (SHA-256 {saved.hex()[:16]}...), and none of the weights "
+            f"installed here has it ({shipped}): it was saved with another version of "
+            "keras-velo. Install that version to resume exactly, or load the model with "
+            "`compile=False` and compile it with a new VeLO."
         )
+    if bytes(theta_fingerprint(theta_variables)) != saved:  # e.g. saved when "bundled" was another theta
+        theta = flatten_theta(resolve_weights(name)[0])
+        for path, variable in theta_variables.items():
+            variable.assign(theta[path])
     theta_ids = {id(v) for v in theta_variables.values()}
     for i, variable in enumerate(variables):
         if id(variable) not in theta_ids:

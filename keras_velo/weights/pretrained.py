@@ -5,10 +5,12 @@
 * `None`: the reference random init, `init_theta(seed)`.
 * a name from `PUBLISHED_WEIGHTS` (`"velo"`): Google's published checkpoint,
   downloaded once over HTTPS and cached under `cache_dir()`.
-* `"bundled"`: weights shipped inside the keras-velo package (a
-  `BUNDLED_WEIGHTS` entry): keras-velo's bootstrap theta, a hand-set
+* a name from `BUNDLED_WEIGHTS`: weights shipped inside the keras-velo
+  package. `"bundled"`: the best theta measured (the model card,
+  `meta/README.md`); `"bootstrap"`: keras-velo's hand-set theta, a
   normalised-momentum rule with a warm-up/decay schedule, not meta-trained
-  (built by `python -m meta.bootstrap_theta`; see `meta/bootstrap_theta.py`).
+  (built by `python -m meta.bootstrap_theta`; see `meta/bootstrap_theta.py`),
+  which was `"bundled"` until a theta passed the ship gate.
 * a path (str or os.PathLike) to a checkpoint directory holding `params`, or
   to the `params` file itself.
 * a dict: an in-memory theta (spec §3), validated and copied to float32.
@@ -115,20 +117,29 @@ PUBLISHED_WEIGHTS: dict[str, PublishedWeights] = {
 }
 """Published checkpoints by `weights=` name. "velo" is the default pretrained VeLO."""
 
+_BOOTSTRAP_DESCRIPTION = (
+    "keras-velo bootstrap theta: hand-set normalised-momentum rule with a "
+    "training-fraction schedule, not meta-trained"
+)
+
 BUNDLED_WEIGHTS: dict[str, BundledWeights] = {
     "bundled": BundledWeights(
         name="bundled",
-        resource="weights/bundled/params.gz",
-        description=(
-            "keras-velo bootstrap theta: hand-set normalised-momentum rule with a "
-            "training-fraction schedule, not meta-trained"
-        ),
+        resource="weights/bootstrap/params.gz",
+        description=_BOOTSTRAP_DESCRIPTION,
+    ),
+    "bootstrap": BundledWeights(
+        name="bootstrap",
+        resource="weights/bootstrap/params.gz",
+        description=_BOOTSTRAP_DESCRIPTION,
     ),
 }
 """Checkpoints shipped inside the package by `weights=` name; adding one is an
 entry here plus the package-data file (pyproject.toml `package-data`).
-"bundled" is rebuilt byte for byte by
-`python -m meta.bootstrap_theta --out keras_velo/weights/bundled`."""
+"bundled" is what `meta.ship_gate` last let through; "bootstrap" is rebuilt
+byte for byte by `python -m meta.bootstrap_theta --out keras_velo/weights/bootstrap`.
+A model saved with any of them holds its fingerprint and loads with it
+(`theta_by_name`) whatever the names point at later."""
 
 BUNDLED_NAME = "bundled"
 
@@ -165,9 +176,9 @@ def _alternatives(entry: PublishedWeights) -> str:
     return (
         "Alternatives: download the file on a machine with internet access and "
         f"put it at {entry.cache_path()} (or pass its path as "
-        'weights="/path/to/params"); use weights="bundled" (the bootstrap weights '
-        "that ship with keras-velo: a hand-set rule, not meta-trained); or use "
-        "weights=None for randomly initialised weights."
+        'weights="/path/to/params"); use weights="bundled" (the weights that ship '
+        "with keras-velo, see its model card); or use weights=None for randomly "
+        "initialised weights."
     )
 
 

@@ -1,17 +1,20 @@
-"""Saving VeLO's bundled weights by name instead of by value.
+"""Saving the weights keras-velo ships by fingerprint instead of by value.
 
 VeLO keeps theta in optimizer variables, so by default every `.keras`
 file, `save_weights` file and `BackupAndRestore` backup carries its 9.3 MB.
-For `weights="bundled"` that is needless: the weights ship with the
-package. `VeLO.save_own_variables` then writes every other variable as
-Keras would (under the same keys) plus a fingerprint of theta (SHA-256
-of its leaves), and `VeLO.load_own_variables` checks that the bundled
-weights installed now have that fingerprint before restoring the rest.
-A model saved with another version of the bundled weights fails to load
-with an error that says so, rather than resuming with different weights.
+For a theta shipped inside the package (`weights="bundled"`,
+`"bootstrap"`: `pretrained.BUNDLED_WEIGHTS`) that is needless.
+`VeLO.save_own_variables` then writes every other variable as Keras would
+(under the same keys) plus a fingerprint of theta (SHA-256 of its
+leaves), and `VeLO.load_own_variables` restores the shipped theta with
+that fingerprint, whatever name it ships under now: a model saved when
+`"bundled"` was the bootstrap loads after `"bundled"` has become another
+theta. A fingerprint that no shipped theta has (a model saved with weights
+this version does not ship) fails to load with an error that says so,
+rather than resuming with different weights.
 
 Every other theta (`"velo"`, which may not be cached where the model is
-loaded; a path; a dict; `None`; bundled weights modified after
+loaded; a path; a dict; `None`; shipped weights modified after
 construction) travels by value, as before.
 """
 
@@ -36,10 +39,22 @@ def fingerprint(flat_theta):
 
 
 @functools.lru_cache(maxsize=1)
-def bundled_fingerprint():
-    """The fingerprint of the bundled weights installed with this package."""
-    from keras_velo.maths.theta import flatten_theta
-    from keras_velo.weights.pretrained import resolve_weights
+def shipped_fingerprints():
+    """`{fingerprint bytes: weights name}` of every theta shipped in this package.
 
-    theta, _ = resolve_weights("bundled")
-    return bytes(fingerprint(flatten_theta(theta)))
+    Two names that ship the same theta map to the first of them in
+    `BUNDLED_WEIGHTS` order.
+    """
+    from keras_velo.maths.theta import flatten_theta
+    from keras_velo.weights.pretrained import BUNDLED_WEIGHTS, resolve_weights
+
+    found = {}
+    for name in BUNDLED_WEIGHTS:
+        theta, _ = resolve_weights(name)
+        found.setdefault(bytes(fingerprint(flatten_theta(theta))), name)
+    return found
+
+
+def shipped_name(value):
+    """The name a theta with fingerprint `value` (bytes) ships under here, or None."""
+    return shipped_fingerprints().get(bytes(value))
