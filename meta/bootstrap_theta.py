@@ -132,6 +132,7 @@ CONTROL_BIAS = 0.01  # with MLP_WEIGHT_MIX_SCALE: 100 * mean_k(0.01 * Theta_k) =
 
 # Indices into VeLO's inputs.
 MOMENTUM_SPREAD_FEATURE = 24  # LSTM feature `cla(var_m)` for momentum decay 0.9 (spec §5.4)
+RANK_ONE_FEATURE = 20  # LSTM feature: the rank one-hot's entry for rank 1 (features 19-23, spec §5.4)
 DIRECTION_GROUPS = {  # MLP input groups with one channel per decay (spec §5.8)
     "m": 3,
     "m_rsqrt_rms": 5,
@@ -169,6 +170,16 @@ class BootstrapConstants:
         schedule_gains: gains of the LSTM units on each fraction feature.
         schedule_ridge: ridge penalty of the schedule fit.
         gate_saturation: |bias| that saturates the LSTM gates.
+        settled_vector_damping: the step multiplier of a *settled vector*: a
+            rank-1 tensor whose momentum spread is small next to its RMS
+            (LayerNorm and BatchNorm scales, which start at 1; not a bias
+            that starts at zero, whose spread is large). 1.0: none (the
+            shipped bootstrap).
+        settled_vector_weight_decay: whether settled vectors are decayed
+            like every other tensor (the shipped bootstrap) or not.
+        settled_vector_threshold: the value of LSTM feature 24 below which
+            a rank-1 tensor counts as settled (half way at the threshold).
+        settled_vector_sharpness: gain of that transition.
     """
 
     peak_lr_mult: float = 15.0
@@ -183,6 +194,10 @@ class BootstrapConstants:
     schedule_gains: tuple = (1.0, 3.0)
     schedule_ridge: float = 1e-4
     gate_saturation: float = 40.0
+    settled_vector_damping: float = 1.0
+    settled_vector_weight_decay: bool = True
+    settled_vector_threshold: float = 0.0
+    settled_vector_sharpness: float = 4.0
 
     def __post_init__(self):
         def positive(name):
@@ -216,6 +231,16 @@ class BootstrapConstants:
                 f"boost_threshold must be in [-2.5, 2.5] (the feature's range), "
                 f"got {self.boost_threshold!r}"
             )
+        if not 0 < self.settled_vector_damping <= 1:
+            raise ValueError(
+                f"settled_vector_damping must be in (0, 1], got {self.settled_vector_damping!r}"
+            )
+        if not -2.5 <= self.settled_vector_threshold <= 2.5:
+            raise ValueError(
+                f"settled_vector_threshold must be in [-2.5, 2.5] (the feature's range), "
+                f"got {self.settled_vector_threshold!r}"
+            )
+        positive("settled_vector_sharpness")
         gains = tuple(self.schedule_gains)
         if not gains or not all(g > 0 and math.isfinite(g) for g in gains):
             raise ValueError(f"schedule_gains must be positive numbers, got {gains!r}")
@@ -302,6 +327,25 @@ def boost_factor(momentum_spread_feature, constants: BootstrapConstants = DEFAUL
     return np.exp(log_boost * 0.5 * (1.0 + unit / top))
 
 
+def settled_vector_unit(rank_one, momentum_spread_feature, constants: BootstrapConstants = DEFAULT_CONSTANTS):
+    """The output of the settled-vector LSTM unit, in [0, tanh(1)] (numpy, float64).
+
+    `rank_one` is 1 for a rank-1 tensor, else 0; the unit's output gate
+    passes only rank-1 tensors, its input gate `sigmoid(sharpness *
+    (threshold - feature 24))` opens as the momentum spread falls below the
+    threshold, and its candidate is saturated at 1, so the unit outputs
+    `rank_one * tanh(sigmoid(...))`: near tanh(1) for a settled vector,
+    near 0 for everything else.
+    """
+    spread = np.asarray(momentum_spread_feature, np.float64)
+    gate = 1.0 / (1.0 + np.exp(-constants.settled_vector_sharpness * (constants.settled_vector_threshold - spread)))
+    return np.asarray(rank_one, np.float64) * np.tanh(gate)
+
+
+def _has_settled_vector_unit(config):
+    return config.settled_vector_damping != 1.0 or not config.settled_vector_weight_decay
+
+
 def bootstrap_theta(**constants) -> dict:
     """The bootstrap theta (numpy float32 nested dict, H=512, K=256).
 
@@ -350,6 +394,19 @@ def bootstrap_theta(**constants) -> dict:
         gate_b[3 * hidden + unit] = saturation  # output gate open
     gate_b[candidate.start + boost_unit] = -config.boost_sharpness * config.boost_threshold
 
+    settled_unit = boost_unit + 1  # the LSTM unit; its output gate reads mix unit settled_unit
+    if _has_settled_vector_unit(config):
+        if settled_unit + 1 > hidden:
+            raise ValueError(f"{settled_unit + 1} LSTM units needed, only {hidden} exist")
+        mix_w[RANK_ONE_FEATURE, settled_unit] = 1.0
+        # input gate: sigmoid(sharpness * (threshold - feature 24)), from the boost's input unit
+        gate_w[boost_unit, settled_unit] = -config.settled_vector_sharpness / config.boost_sharpness
+        gate_b[settled_unit] = config.settled_vector_sharpness * config.settled_vector_threshold
+        gate_b[candidate.start + settled_unit] = saturation  # candidate tanh(.) = 1
+        gate_b[2 * hidden + settled_unit] = -saturation - LSTM_FORGET_BIAS  # forget gate closed
+        gate_w[settled_unit, 3 * hidden + settled_unit] = 2.0 * saturation  # output gate: rank 1 only
+        gate_b[3 * hidden + settled_unit] = -saturation
+
     # Step-size head: the fitted schedule.
     head_w, head_b = _fit_step_size_head(config)
     leaf("rnn_params", "step_size", "w")[: len(schedule_units), 0] = head_w
@@ -365,6 +422,15 @@ def bootstrap_theta(**constants) -> dict:
     leaf("rnn_params", "rnn_to_controls", "w")[boost_unit, :] = signs / (
         MLP_WEIGHT_MIX_SCALE * top
     )
+    # The settled-vector unit shifts the sets by an alternating pattern, orthogonal to the
+    # boost's halves, so each unit's term survives the mix alone.
+    settled_signs = np.where(np.arange(inits) % 2 == 0, 1.0, -1.0)
+    if inits % 2:
+        settled_signs[-1] = 0.0
+    if _has_settled_vector_unit(config):
+        leaf("rnn_params", "rnn_to_controls", "w")[settled_unit, :] = settled_signs / (
+            MLP_WEIGHT_MIX_SCALE * top
+        )
 
     # The per-parameter MLP, identical in all sets except b2[:, 1] = mu0 +- mu0.
     group = DIRECTION_GROUPS[config.direction_group]
@@ -372,8 +438,10 @@ def bootstrap_theta(**constants) -> dict:
     first[:, config.direction_decay, 0] = 1.0
     first[:, config.direction_decay, 1] = -1.0
     decay = leaf("ff_mod_stack", "~", f"w0__{PARAM_GROUP}")
-    decay[:, 0, 0] = config.weight_decay
-    decay[:, 0, 1] = -config.weight_decay
+    # With the settled-vector unit at its top, (1 - signs) mixes to 0: no decay for them.
+    kept = 1.0 if config.settled_vector_weight_decay else 1.0 - settled_signs
+    decay[:, 0, 0] = config.weight_decay * kept
+    decay[:, 0, 1] = -config.weight_decay * kept
     second = leaf("ff_mod_stack", "~", "w1")
     second[:, 0, 0] = 1.0
     second[:, 1, 1] = 1.0
@@ -383,7 +451,8 @@ def bootstrap_theta(**constants) -> dict:
     # mu = mu0 (1 + h/tanh(1)) runs from 0 to log(boost)/0.001 as h = boost unit
     # runs over (-tanh(1), tanh(1)); the shifted controls carry the h term.
     mu0 = 0.5 * math.log(config.small_tensor_boost) / EXP_MULT
-    leaf("ff_mod_stack", "~", "b2")[:, 1] = mu0 + mu0 * signs
+    settled = math.log(config.settled_vector_damping) / EXP_MULT
+    leaf("ff_mod_stack", "~", "b2")[:, 1] = mu0 + mu0 * signs + settled * settled_signs
 
     theta = unflatten_theta({path: value.astype(np.float32) for path, value in flat.items()})
     validate_theta(theta, source="bootstrap_theta")

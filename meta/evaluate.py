@@ -16,6 +16,7 @@ committed without its `theta/` folder can be scored or exported.
 
 import argparse
 import json
+import math
 import os
 import sys
 
@@ -122,6 +123,10 @@ def main(argv=None):
                 relative = difference / results["against"]["scores"][name][key]
                 print(f"{key}: {difference:+.4f} ± {error:.4f} (paired SE), {relative:+.1%} "
                       f"of {results['against']['theta']}")
+            mean, error = verdict["log_ratio"]
+            families = ", ".join(f"{f} {math.exp(v):.3f}" for f, v in verdict["family_log_ratios"].items())
+            print(f"per-task log ratio of final losses: {mean:+.4f} ± {error:.4f} (paired SE; geometric "
+                  f"mean ratio {math.exp(mean):.3f}); per family: {families}")
             print(f"families whose final rose by more than {COLLAPSE}: "
                   f"{', '.join(verdict['collapsed']) or 'none'}; better: {verdict['better']}\n")
     if args.json:

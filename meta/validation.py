@@ -27,7 +27,10 @@ meta-training never samples. Given each task's Adam(1e-3) reference
 (`meta.adam_reference`), `score` also says, per task, how the theta's
 `final` compares with Adam's, and every score has per-family rows;
 `judge` compares two scores the way a theta must be judged: the paired
-difference and whether any family got worse.
+difference of `final`, the mean per-task log ratio of final losses (a
+tenfold lower loss on a task that converges counts as much as on one that
+does not; `final` barely sees it) with its paired standard error, and
+each family's.
 
 >>> tasks = validation_tasks()          # "cpu-valid-v1": 21 tasks, 3 per family
 >>> records = LocalScorer(theta).score(tasks)
@@ -158,7 +161,8 @@ def score(records, references=None):
         references: None, or `{task name: Adam reference record}`.
 
     Returns `{"final", "final_se", "mean", "mean_se", "tasks": {name: [final,
-    mean]}, "families": {family: {"final", "mean", "tasks"}}}` and, with
+    mean]} (6 significant digits), "task_families": {name: family},
+    "families": {family: {"final", "mean", "tasks"}}}` and, with
     references, `"vs_adam": {name: final / Adam's final}`, `"above_adam"`
     (the tasks more than 10% above Adam, worst first) and `"worst_vs_adam"`.
     """
@@ -174,7 +178,8 @@ def score(records, references=None):
         "final_se": float(finals.std(ddof=1) / math.sqrt(n)) if n > 1 else 0.0,
         "mean": float(means.mean()),
         "mean_se": float(means.std(ddof=1) / math.sqrt(n)) if n > 1 else 0.0,
-        "tasks": {name: [round(f, 6), round(m, 6)] for name, (f, m) in summaries.items()},
+        "tasks": {name: [_significant(f), _significant(m)] for name, (f, m) in summaries.items()},
+        "task_families": {record["name"]: record["family"] for record in records},
         "families": {family: {"final": round(float(np.mean([v[0] for v in values])), 6),
                               "mean": round(float(np.mean([v[1] for v in values])), 6),
                               "tasks": len(values)}
@@ -190,8 +195,28 @@ def score(records, references=None):
     return result
 
 
+def _significant(value, digits=6):
+    return float(f"{value:.{digits}g}")
+
+
 # A family "collapses" when its mean final normalised loss rises by this much.
 COLLAPSE = 0.05
+# Normalised final losses below this (1e-4 of the initial loss) count as solved: a log ratio
+# between two such tasks says nothing about the optimizer.
+LOG_RATIO_FLOOR = 1e-4
+
+
+def task_family(score_record, name):
+    """The family of task `name` in a `score` (older scores: the name up to its last "-")."""
+    return score_record.get("task_families", {}).get(name, name.rsplit("-", 1)[0])
+
+
+def log_ratios(candidate, reference):
+    """`{task: log(candidate's final / reference's final)}` over the tasks both scored,
+    each final floored at `LOG_RATIO_FLOOR`."""
+    names = sorted(set(candidate["tasks"]) & set(reference["tasks"]))
+    return {n: math.log(max(candidate["tasks"][n][0], LOG_RATIO_FLOOR)
+                        / max(reference["tasks"][n][0], LOG_RATIO_FLOOR)) for n in names}
 
 
 def judge(candidate, reference):
@@ -201,17 +226,27 @@ def judge(candidate, reference):
     {family: final difference}, "collapsed": [families whose mean final
     rose by more than COLLAPSE (absolute), worst first], "better": the
     paired `final` difference is below zero by more than two standard
-    errors and no family collapsed}`: a theta is not better if it lowers
+    errors and no family collapsed, "log_ratio": (mean over tasks of
+    `log_ratios`, its standard error), "family_log_ratios": {family: the
+    mean of its tasks' log ratios}}`: a theta is not better if it lowers
     the mean and collapses a family.
     """
     final = paired_difference(candidate, reference, "final")
     mean = paired_difference(candidate, reference, "mean")
+    ratios = log_ratios(candidate, reference)
+    values = np.asarray(list(ratios.values()))
+    log_ratio = (float(values.mean()) if values.size else 0.0,
+                 float(values.std(ddof=1) / math.sqrt(values.size)) if values.size > 1 else 0.0)
+    by_family = {}
+    for name, value in ratios.items():
+        by_family.setdefault(task_family(candidate, name), []).append(value)
     families = {family: round(candidate["families"][family]["final"] - values["final"], 6)
                 for family, values in reference.get("families", {}).items()
                 if family in candidate.get("families", {})}
     collapsed = sorted((f for f, d in families.items() if d > COLLAPSE), key=lambda f: -families[f])
     return {"final": final, "mean": mean, "families": families, "collapsed": collapsed,
-            "better": final[0] < -2 * final[1] and not collapsed}
+            "better": final[0] < -2 * final[1] and not collapsed, "log_ratio": log_ratio,
+            "family_log_ratios": {f: float(np.mean(v)) for f, v in by_family.items()}}
 
 
 def paired_difference(candidate, reference, key="final"):
