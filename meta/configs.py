@@ -13,6 +13,9 @@
   meta-validation on `cpu-valid-v1` and `ood-valid-v1` every 6 training
   minutes (`benchmarks/meta_objectives.py` chose the estimator and
   objective). Resumable; run it for as long as it improves.
+* `cpu-transformers`: the `cpu` preset with the Transformer families
+  (`vit`, `gpt_lm`, `transformer_lm`) drawn about half the time
+  (`TRANSFORMER_DISTRIBUTION`).
 * `cpu-v2`: the `cpu` preset before (the seven first families, horizons
   100-1,000, Persistent ES and truncated backprop by inverse variance on
   the area under 50-step truncations, 8 members), for the runs made with it.
@@ -38,6 +41,10 @@ WIDE_DISTRIBUTION_POOL3 = TaskDistribution(WIDE_FAMILIES, 3e8, 100, 3000, (0.1, 
 # Its three residual nets all drew no normalisation; six cover BatchNorm too
 # (three with, three without: the draws of seeds 0-5).
 WIDE_DISTRIBUTION = dataclasses.replace(WIDE_DISTRIBUTION_POOL3, pool_sizes=(("residual_net", 6),))
+# The same, with the Transformers (ViTs, GPT-style and pre-norm LMs) drawn about half the time:
+# where users start and where the shipped weights lost to AdamW, ScheduleFreeAdamW and Muon.
+TRANSFORMER_DISTRIBUTION = dataclasses.replace(
+    WIDE_DISTRIBUTION, family_weights=(("vit", 3), ("gpt_lm", 3), ("transformer_lm", 2)))
 
 
 
@@ -191,6 +198,10 @@ PRESETS = {
         checkpoint_every=20,
     ),
 }
+
+
+PRESETS["cpu-transformers"] = dataclasses.replace(
+    PRESETS["cpu"], name="cpu-transformers", distribution=TRANSFORMER_DISTRIBUTION)
 
 
 def get_preset(name):

@@ -5,7 +5,8 @@ function of its arguments, so a worker on any machine -- or a run resumed
 after a kill -- draws the same task for the same member and episode:
 
 * the family, uniformly over `distribution.families` (BatchNorm residual
-  nets, `resnet`, are one of the seven), then a config of that family from
+  nets, `resnet`, are one of the seven) or in proportion to
+  `family_weights`, then a config of that family from
   `task_families.suites.sample_meta_training_task`, which never returns a
   held-out (canonical evaluation) task, within the FLOP budget (or, for a
   user's family, `meta.user_family`, the seed its function gets);
@@ -48,6 +49,8 @@ class TaskDistribution:
         config_pool: None, or the number of fixed configs per family.
         pool_sizes: `((family name, k), ...)`: families with another number of
             fixed configs than `config_pool`.
+        family_weights: `((family name, w), ...)`: families drawn w times as
+            often as the others (weight 1); empty: uniform.
     """
 
     families: tuple
@@ -57,6 +60,7 @@ class TaskDistribution:
     param_scale_range: tuple = (1.0, 1.0)
     config_pool: int | None = None
     pool_sizes: tuple = ()
+    family_weights: tuple = ()
 
     def __post_init__(self):
         from task_families import FAMILIES
@@ -82,15 +86,27 @@ class TaskDistribution:
             if name not in names or not (isinstance(size, int) and size >= 1) or self.config_pool is None:
                 raise ValueError(f"pool_sizes must pair families of this distribution with sizes >= 1 "
                                  f"(and needs config_pool), got {self.pool_sizes!r}.")
+        object.__setattr__(self, "family_weights", tuple(tuple(w) for w in self.family_weights))
+        for name, weight in self.family_weights:
+            if name not in names or not (isinstance(weight, (int, float)) and weight > 0):
+                raise ValueError(f"family_weights must pair families of this distribution with weights > 0, "
+                                 f"got {self.family_weights!r}.")
         if not 0 < low <= high:
             raise ValueError(f"param_scale_range must be (low, high) with 0 < low <= high, got {self.param_scale_range!r}.")
 
     def to_dict(self):
         data = dataclasses.asdict(self)
         data["families"] = [family_name(f) for f in self.families]
-        if not self.pool_sizes:  # as runs recorded it before pool_sizes existed
-            del data["pool_sizes"]
+        for key in ("pool_sizes", "family_weights"):
+            if not data[key]:  # as runs recorded it before the field existed
+                del data[key]
         return data
+
+    def family_probabilities(self):
+        """The probability of drawing each of `families`, in order."""
+        weights = dict(self.family_weights)
+        values = np.asarray([float(weights.get(family_name(f), 1.0)) for f in self.families])
+        return values / values.sum()
 
     def pool_configs(self):
         """Every config members can draw (one per family and pool seed); needs `config_pool`."""
@@ -151,7 +167,11 @@ def _log_uniform(rng, low, high):
 def sample_member_task(distribution, seed, member, episode_start):
     """The task of `member` for the episode that begins at iteration `episode_start`."""
     rng = np.random.default_rng([int(seed), int(member), int(episode_start), 0x7E10])
-    family = distribution.families[int(rng.integers(len(distribution.families)))]
+    if distribution.family_weights:
+        index = int(rng.choice(len(distribution.families), p=distribution.family_probabilities()))
+    else:  # uniform, drawn as runs before family_weights drew it (they resume exactly)
+        index = int(rng.integers(len(distribution.families)))
+    family = distribution.families[index]
     config_seed = int(rng.integers(2**31))
     if distribution.config_pool is not None:
         config_seed %= distribution.pool_size(family)

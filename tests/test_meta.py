@@ -254,6 +254,19 @@ def test_velo_state_initialisation_is_traceable_in_theta():
     np.testing.assert_allclose(initial_hidden(jnp.asarray(z))[:, 0], 0.5, rtol=1e-6)
 
 
+def test_family_weights_draw_families_in_proportion():
+    from meta.task_distribution import TaskDistribution, sample_member_task
+
+    uniform = TaskDistribution(("image_mlp", "image_cnn"), 2e6, 30, 30, config_pool=1)
+    weighted = dataclasses.replace(uniform, family_weights=(("image_cnn", 3),))
+    assert weighted.family_probabilities().tolist() == [0.25, 0.75]
+    assert "family_weights" not in uniform.to_dict() and weighted.to_dict()["family_weights"] == (("image_cnn", 3),)
+    draws = [sample_member_task(weighted, 0, member, 0).config["family"] for member in range(200)]
+    assert 0.65 < draws.count("image_cnn") / 200 < 0.85
+    with pytest.raises(ValueError, match="family_weights"):
+        dataclasses.replace(uniform, family_weights=(("vit", 2),))
+
+
 # ---------------------------------------------------------- inner training
 
 
