@@ -60,6 +60,31 @@ RESUMABLE_CHANGES = ("name", "iterations", "minutes", "workers", "validate_every
 
 STEP_SCALED = "-step:"  # "<shipped weights>-step:S", e.g. "bootstrap-step:0.1"
 FROM_RUN = "run:"
+HAND_SET = "bootstrap:"  # "bootstrap:name=value,...": the bootstrap theta with other constants
+
+
+def hand_set_constants(text):
+    """`{field: value}` of `meta.bootstrap_theta.BootstrapConstants` from "name=value,name=value".
+
+    >>> hand_set_constants("settled_vector_damping=0.3,settled_vector_weight_decay=false")
+    {'settled_vector_damping': 0.3, 'settled_vector_weight_decay': False}
+    """
+    from meta.bootstrap_theta import DEFAULT_CONSTANTS
+
+    constants = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        name, _, value = item.partition("=")
+        default = getattr(DEFAULT_CONSTANTS, name, None)
+        if default is None or isinstance(default, tuple) or not value:
+            raise ValueError(f"--init {HAND_SET}{text}: {item!r} is not name=value of a number or flag of "
+                             "meta.bootstrap_theta.BootstrapConstants.")
+        if isinstance(default, bool):
+            if value.lower() not in ("true", "false", "1", "0"):
+                raise ValueError(f"--init {HAND_SET}{text}: {name} takes true or false, got {value!r}.")
+            constants[name] = value.lower() in ("true", "1")
+        else:
+            constants[name] = type(default)(value)
+    return constants
 
 
 def initial_theta(init, seed=0):
@@ -68,14 +93,22 @@ def initial_theta(init, seed=0):
     `init`: a shipped name ("bundled", "bootstrap"), "random" (seeded),
     "velo", a checkpoint path, "<shipped name>-step:S" (those weights with
     the step-size head scaled by S: every tensor's steps S times as large;
-    the known answer's damage, or a start below the bootstrap's step), or
-    "run:DIR" (the current theta of the meta-training run in DIR, rebuilt
-    from its compact state).
+    the known answer's damage, or a start below the bootstrap's step),
+    "bootstrap:name=value,..." (the hand-set theta with other constants,
+    `meta.bootstrap_theta.BootstrapConstants`: a start point rebuilt from
+    the code, no file), or "run:DIR" (the current theta of the
+    meta-training run in DIR, rebuilt from its compact state).
     """
     from keras_velo.weights.pretrained import BUNDLED_WEIGHTS, resolve_weights
 
     if init == "random":
         return resolve_weights(None, seed=seed)
+    if init.startswith(HAND_SET):
+        from meta.bootstrap_theta import bootstrap_theta
+
+        constants = hand_set_constants(init[len(HAND_SET):])
+        return bootstrap_theta(**constants), "the bootstrap theta with " + ", ".join(
+            f"{k}={v}" for k, v in constants.items())
     name, step_scaled, scale = init.partition(STEP_SCALED)
     if step_scaled and name in BUNDLED_WEIGHTS:
         scale = float(scale)

@@ -254,6 +254,19 @@ def test_velo_state_initialisation_is_traceable_in_theta():
     np.testing.assert_allclose(initial_hidden(jnp.asarray(z))[:, 0], 0.5, rtol=1e-6)
 
 
+def test_a_hand_set_start_is_rebuilt_from_its_constants():
+    from meta.bootstrap_theta import bootstrap_theta
+    from meta.train import hand_set_constants, initial_theta
+
+    theta, description = initial_theta("bootstrap:settled_vector_damping=0.3,settled_vector_weight_decay=false")
+    expected = bootstrap_theta(settled_vector_damping=0.3, settled_vector_weight_decay=False)
+    assert np.array_equal(theta["ff_mod_stack"]["~"]["b2"], expected["ff_mod_stack"]["~"]["b2"])
+    assert "settled_vector_damping=0.3" in description
+    for bad in ("no_such=1", "schedule_gains=1,2", "settled_vector_weight_decay=maybe", "peak_lr_mult="):
+        with pytest.raises(ValueError):
+            hand_set_constants(bad)
+
+
 def test_family_weights_draw_families_in_proportion():
     from meta.task_distribution import TaskDistribution, sample_member_task
 
