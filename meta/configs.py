@@ -118,6 +118,8 @@ class MetaTrainingConfig:
             raise ValueError(f"sigma must be > 0, got {self.sigma!r}.")
         if self.minutes is not None and not self.minutes > 0:
             raise ValueError(f"minutes must be None or > 0, got {self.minutes!r}.")
+        if self.validate_every_minutes is not None and not self.validate_every_minutes > 0:
+            raise ValueError(f"validate_every_minutes must be None or > 0, got {self.validate_every_minutes!r}.")
 
     @property
     def unroll_truncation(self):

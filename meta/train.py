@@ -477,6 +477,9 @@ def parse_args(argv=None):
     parser.add_argument("--iterations", type=int, help="meta-iterations in all (overrides the preset)")
     parser.add_argument("--minutes", type=float, help="stop after this many training minutes")
     parser.add_argument("--workers", type=int, help="Ray workers; 0 runs without Ray")
+    parser.add_argument("--validate-every-minutes", type=float,
+                        help="score the held-out sets every this many training minutes (may change on "
+                        "--resume; scoring both sets costs minutes on a small machine)")
     parser.add_argument("--members", type=int, help="members per iteration")
     parser.add_argument("--seed", type=int, help="the run's seed")
     parser.add_argument("--estimator", help="pes | es | tbptt | pes+tbptt (overrides the preset)")
@@ -502,7 +505,8 @@ def config_from_args(args):
     if args.family:
         config = for_user_family(config, args.family, args.validation_tasks)
     overrides = {k: getattr(args, k) for k in
-                 ("iterations", "minutes", "workers", "members", "seed", "estimator")
+                 ("iterations", "minutes", "workers", "members", "seed", "estimator",
+                  "validate_every_minutes")
                  if getattr(args, k) is not None}
     if args.learning_rate is not None:
         overrides["learning_rate"] = args.learning_rate
