@@ -3,6 +3,7 @@
     python -m meta.ship_gate --meta-validation SCORES.json \
         --comparison COMPARE_DIR --candidate velo_candidate --incumbent velo \
         --study INCUMBENT_STUDY --candidate-study CANDIDATE_STUDY [--out GATE.md]
+    python -m meta.ship_gate --goals --comparison COMPARE_DIR --study STUDY   # the shipped theta's goals
 
 A theta ships only if it beats the theta shipped now, by criteria that a
 noisy evaluation cannot pass by chance and that no family or example may
@@ -231,25 +232,27 @@ def verdict(criteria):
     """"ships" (every criterion ran and holds), "does not ship" (one that ran fails) or "undecided"."""
     if any(c.passed is False for c in criteria):
         return "does not ship"
-    return "ships" if all(c.passed for c in criteria) else "undecided"
+    return "ships" if criteria and all(c.passed for c in criteria) else "undecided"
 
 
-def markdown(criteria, goal_criteria=()):
+def markdown(criteria, goal_criteria=(), goals_title="Goals (reported, not gating):"):
+    """The gate's criteria and verdict, then the goals; an empty `criteria` gives the goals only."""
     marks = {True: "pass", False: "**fail**", None: "not run"}
 
     def table(rows):
         return ["| criterion | measured | required | |", "|---|---|---|---|"] + [
             f"| {c.name} | {c.value} | {c.required} | {marks[c.passed]} |" for c in rows]
 
-    ran = [c for c in criteria if c.passed is not None]
-    lines = table(criteria) + ["", f"{sum(bool(c.passed) for c in ran)} of {len(ran)} criteria run hold"
-                               + (f" ({len(criteria) - len(ran)} not run)" if len(ran) < len(criteria) else "")
-                               + f": the candidate {verdict(criteria)}."]
+    lines = []
+    if criteria:
+        ran = [c for c in criteria if c.passed is not None]
+        lines += table(criteria) + ["", f"{sum(bool(c.passed) for c in ran)} of {len(ran)} criteria run hold"
+                                    + (f" ({len(criteria) - len(ran)} not run)" if len(ran) < len(criteria) else "")
+                                    + f": the candidate {verdict(criteria)}.", ""]
     if goal_criteria:
         met = sum(bool(c.passed) for c in goal_criteria)
-        lines += ["", "Goals (reported, not gating):", ""] + table(goal_criteria) + [
-            "", f"{met} of {len(goal_criteria)} goals met."]
-    return "\n".join(lines) + "\n"
+        lines += [goals_title, ""] + table(goal_criteria) + ["", f"{met} of {len(goal_criteria)} goals met."]
+    return "\n".join(lines).rstrip("\n") + "\n"
 
 
 def main(argv=None):
@@ -260,8 +263,25 @@ def main(argv=None):
     parser.add_argument("--incumbent", default="velo", help="the incumbent's key in --comparison")
     parser.add_argument("--study", help="canonical-cpu-v1 study with the incumbent as velo-100")
     parser.add_argument("--candidate-study", help="canonical-cpu-v1 study of the candidate's velo-100")
+    parser.add_argument("--goals", action="store_true",
+                        help="only report the goals of the incumbent (--incumbent in --comparison, "
+                        "velo-100 in --study), e.g. for the shipped theta; no gate")
     parser.add_argument("--out", help="write the tables here (markdown)")
     args = parser.parse_args(argv)
+    if args.goals:
+        if not (args.comparison or args.study) or args.candidate_study or args.meta_validation:
+            parser.error("--goals takes --comparison and/or --study (the incumbent's), nothing else")
+        from evaluation.scoring import load_runs
+
+        comparison = json.loads(pathlib.Path(args.comparison, "results.json").read_text()) \
+            if args.comparison else None
+        runs = load_runs(args.study) if args.study else None
+        goal_criteria = goals(comparison, args.incumbent, runs)
+        text = markdown([], goal_criteria, f"Goals of {args.incumbent!r} (reported, not gating):")
+        print(text)
+        if args.out:
+            pathlib.Path(args.out).write_text(text)
+        return 0 if all(c.passed for c in goal_criteria) else 1
     if not (args.meta_validation or args.comparison or args.study):
         parser.error("give at least one of --meta-validation, --comparison, --study")
     if bool(args.study) != bool(args.candidate_study):

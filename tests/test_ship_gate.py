@@ -145,3 +145,18 @@ def test_the_command_line_gate_reads_a_partial_set_of_artefacts(tmp_path):
         ship_gate.main([])
     with pytest.raises(SystemExit):
         ship_gate.main(["--study", str(tmp_path)])  # without the candidate's study
+
+
+def test_no_criterion_is_no_verdict_and_goals_alone_report_the_shipped_theta(tmp_path):
+    import json
+
+    assert ship_gate.verdict([]) == "undecided"
+    (tmp_path / "results.json").write_text(json.dumps(_comparison([0.8, 0.9])))
+    out = tmp_path / "goals.md"
+    # The incumbent ("velo", loss 1.0) is above ScheduleFreeAdamW's default (0.95) on the ViT: a goal missed.
+    assert ship_gate.main(["--goals", "--comparison", str(tmp_path), "--out", str(out)]) == 1
+    text = out.read_text()
+    assert "Goals of 'velo'" in text and "criteria run hold" not in text
+    assert "| keras_hub_vit: at or below ScheduleFreeAdamW's and Muon's defaults | 1 against" in text
+    with pytest.raises(SystemExit):
+        ship_gate.main(["--goals", "--meta-validation", str(out)])
