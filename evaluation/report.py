@@ -20,6 +20,13 @@ def _fmt(value, digits=3):
     return f"{value:.{digits}g}"
 
 
+def _rate(submission):
+    """The learning rate in a grid submission's name ("muon-lr0.003" -> "0.003"); "default" for the default."""
+    if submission is None:
+        return "—"
+    return submission.rsplit("-lr", 1)[1] if "-lr" in submission else "default"
+
+
 def _table(header, rows):
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
@@ -66,10 +73,13 @@ def build_report(out_dir):
               "Targets: per workload, the best over algorithms of the median metric at 75% of the budget.", ""]
     score_rows, profile_panels = {}, {"steps": [], "time": []}
     detail = []
+    def pool(condition, metric):  # the scored runs and each alternative tuned over its grid for this metric
+        return scored + scoring.tuned_alternatives(runs, condition, metric)
+
     for condition in ("steps", "time"):
         for metric in scoring.METRICS:
-            targets = scoring.targets(scored, condition, metric)
-            ttt = scoring.time_to_target(scored, condition, metric, targets)
+            targets = scoring.targets(pool(condition, metric), condition, metric)
+            ttt = scoring.time_to_target(pool(condition, metric), condition, metric, targets)
             scores = scoring.benchmark_scores(ttt)
             column = f"{condition} / {METRIC_LABELS[metric]}"
             for algorithm, score in scores.items():
@@ -91,10 +101,26 @@ def build_report(out_dir):
         lines += [f"![performance profiles, {condition} budget]({name})", ""]
     lines += detail
 
+    grids = scoring.alternative_grids(runs)
+    if grids:
+        lines += ["## The alternatives tuned over their grids", "",
+                  "Each alternative's tuned view takes, per workload, budget and metric, the learning rate of "
+                  f"its grid with the lowest median metric at the end of the budget ({', '.join(grids)}). "
+                  "The rates chosen:", ""]
+        rows = []
+        for condition in ("steps", "time"):
+            for metric in scoring.METRICS:
+                chosen = {(r.algorithm, r.workload): r.tuned_from
+                          for r in scoring.tuned_alternatives(runs, condition, metric)}
+                for title in grids:
+                    rows.append([title, f"{condition} / {METRIC_LABELS[metric]}"]
+                                + [_rate(chosen.get((title, w))) for w in workloads])
+        lines += [_table(["algorithm", "budget / metric"] + workloads, rows), ""]
+
     lines += ["## Quality at the end of the budget (mean ± std over trials)", ""]
     for condition in ("steps", "time"):
         for metric in scoring.METRICS:
-            table = scoring.quality_table(scored, condition, metric)
+            table = scoring.quality_table(pool(condition, metric), condition, metric)
             lines += [f"### {CONDITION_LABELS[condition]}, {METRIC_LABELS[metric]}", "",
                       _table(["algorithm"] + workloads,
                              [[a] + [f"{_fmt(table[a][w][0])} ± {_fmt(table[a][w][1], 2)}" if w in table[a] else "—"
@@ -112,7 +138,7 @@ def build_report(out_dir):
                                  f"{split[a][w][2]:.0f}" if w in split[a] else "—" for w in workloads]
                           for a in sorted(split)]), ""]
 
-    speedups = scoring.speedups_over_tuned_adam(runs)
+    speedups = scoring.speedups_over_tuned_adam(runs + scoring.tuned_alternatives(runs, "steps", "train_loss"))
     if speedups:
         lines += ["## Speed-up over learning-rate-tuned Adam (VeLOdrome view, step budget)", "",
                   "Steps the lower envelope of the EMA(0.95)-smoothed training-loss curves of constant-rate Adam "
@@ -152,7 +178,8 @@ def build_report(out_dir):
 
     for condition, clock, label in (("steps", "step", "step"), ("time", "train_seconds", "training seconds")):
         curves = {}
-        for workload, by_algorithm in scoring.group_runs(scoring.runs_in(scored, condition)).items():
+        for workload, by_algorithm in scoring.group_runs(
+                scoring.runs_in(pool(condition, "validation_loss"), condition)).items():
             curves[workload] = {a: _median_curve(rs, clock, "validation_loss") for a, rs in by_algorithm.items()}
         name = f"curves_{condition}.png"
         plots.loss_curves(report_dir / name, curves, label, "validation loss (median over trials)")

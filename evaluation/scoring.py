@@ -72,6 +72,45 @@ def scored_runs(runs):
     return [r for r in runs if r.kind in SCORED_KINDS]
 
 
+def alternative_grids(runs):
+    """`{"<title> tuned": submission names}` for each alternative with grid runs (kind
+    "alternative_grid", named `<default>-lr<rate>`): its default's runs and its grid's."""
+    groups = {}
+    for run in runs:
+        if run.kind == "alternative_grid":
+            title = run.algorithm.rsplit(" lr=", 1)[0] + " tuned"
+            groups.setdefault(title, {run.submission.rsplit("-lr", 1)[0]}).add(run.submission)
+    return {title: tuple(sorted(names)) for title, names in groups.items()}
+
+
+def tuned_alternatives(runs, condition, metric):
+    """Each alternative tuned over its grid, as runs named "<title> tuned".
+
+    Per workload, the grid point (its default included) with the lowest
+    median over trials of `metric` at the end of `condition`'s budget (a
+    diverged or missing value counts as worst); a workload where some grid
+    point has no run gets no tuned view. The runs keep their header, with
+    `algorithm` renamed, `kind` "baseline" and `tuned_from` the submission chosen.
+    """
+    by_workload = {}
+    for run in runs_in(runs, condition):
+        by_workload.setdefault(run.workload, {}).setdefault(run.submission, []).append(run)
+
+    def final(submission_runs):
+        value = _median([value_at(r, condition, metric, r.budget(condition)) for r in submission_runs])
+        return math.inf if math.isnan(value) else value
+
+    out = []
+    for title, names in alternative_grids(runs).items():
+        for by_submission in by_workload.values():
+            if not all(name in by_submission for name in names):
+                continue
+            best = min(names, key=lambda name: final(by_submission[name]))
+            out += [dataclasses.replace(r, header=dict(r.header, algorithm=title, kind="baseline", tuned_from=best))
+                    for r in by_submission[best]]
+    return out
+
+
 def group_runs(runs):
     """`{workload: {algorithm: [runs]}}`."""
     out = {}
@@ -269,7 +308,7 @@ def speedups_over_tuned_adam(runs):
     """
     out = {}
     for run in runs_in(runs, "steps"):
-        if run.kind == "adam_grid":
+        if run.kind in ("adam_grid", "alternative_grid"):  # a grid point counts only through its tuned view
             continue
         steps, envelope = tuned_adam_envelope(runs, run.workload)
         run_steps, run_losses = ema_curve(run)

@@ -15,6 +15,12 @@
   `velo-time-75` run in VeLO's time-budget mode, training fraction =
   training seconds / (fraction x max_seconds), and are told the same step
   count for the loss features' time scales (the wall-clock condition).
+* `<alternative>-lr<lr>` (group `alternatives-grid`): the other rates of
+  each alternative's grid (`evaluation.alternatives`), 3 trials like the
+  defaults; the report scores each alternative *tuned*: per workload,
+  budget and metric, the rate of its grid (default included) with the
+  best median metric at the end of the budget (the per-workload choice of
+  AlgoPerf's external tuning).
 * `adam-lr<lr>`: constant-rate Adam over a half-decade grid 1e-4 .. 3e-2,
   the tuned-Adam baseline of the VeLOdrome speed-up view (the reference
   used 15 values 1e-7 .. 1; below 1e-4 and above 3e-2 nothing on these
@@ -51,7 +57,8 @@ class Submission:
         name: unique id (used in run file names).
         algorithm: the name scores and tables show; a step-condition and a
             time-condition submission of the same method share it.
-        kind: "baseline", "velo" (scored), "velo_prompt" (prompt-sensitivity
+        kind: "baseline", "velo" (scored), "alternative_grid" (scored through
+            its alternative's tuned view), "velo_prompt" (prompt-sensitivity
             table only) or "adam_grid" (the tuned-Adam envelope only).
         conditions: the budget conditions it is scored in.
         stop: "both" (both budgets spent), "steps" or "time".
@@ -80,6 +87,26 @@ def _alternative(name):
     alternative = ALTERNATIVES[name]
     return _baseline(name, alternative.title,
                      lambda workload: alternative.make(total_steps=workload.num_steps))
+
+
+def _alternative_at(name, learning_rate):
+    """One non-default point of an alternative's grid: scored only through its tuned view."""
+    alternative = ALTERNATIVES[name]
+    return Submission(f"{name}-lr{learning_rate:g}", f"{alternative.title} lr={learning_rate:g}",
+                      "alternative_grid", CONDITIONS, "both",
+                      lambda workload: alternative.make(learning_rate, total_steps=workload.num_steps))
+
+
+def alternative_grid_names(name):
+    """The submissions of alternative `name`'s grid: its default (`name`) and the other rates."""
+    alternative = ALTERNATIVES[name]
+    return tuple(name if lr == alternative.default_learning_rate else f"{name}-lr{lr:g}"
+                 for lr in alternative.grid)
+
+
+def tuned_title(name):
+    """The algorithm name of an alternative tuned over its grid."""
+    return f"{ALTERNATIVES[name].title} tuned"
 
 
 def _velo_steps(fraction, weights):
@@ -132,6 +159,8 @@ def make_submissions(velo_weights="bundled"):
     velo = [_velo_steps(f, velo_weights) for f in VELO_STEP_FRACTIONS]
     velo += [_velo_time(f, velo_weights) for f in VELO_TIME_FRACTIONS]
     grid = [_adam_constant(lr) for lr in ADAM_GRID]
+    grid += [_alternative_at(name, lr) for name in USER_CHOICES for lr in ALTERNATIVES[name].grid
+             if lr != ALTERNATIVES[name].default_learning_rate]
     return {s.name: s for s in baselines + velo + grid}
 
 
@@ -142,6 +171,7 @@ GROUPS = {
     "velo": ("velo-100", "velo-75", "velo-time-100", "velo-time-75"),
     "velo-sensitivity": ("velo-50",),
     "adam-grid": tuple(f"adam-lr{lr:g}" for lr in ADAM_GRID),
+    "alternatives-grid": tuple(n for name in USER_CHOICES for n in alternative_grid_names(name) if n != name),
 }
 
 

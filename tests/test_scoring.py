@@ -183,3 +183,33 @@ def test_time_split_separates_the_first_call_from_the_steady_steps():
     table = scoring.time_split_table([run, dataclasses.replace(run, curve=curve[:1])])
     assert table["A"]["w"] == pytest.approx((3.02, 0.02, 100))  # the one-record run has no split
     assert all(math.isnan(v) for v in scoring.time_split(dataclasses.replace(run, curve=curve[:1]))[:2])
+
+
+def _grid_run(submission, algorithm, trial, losses, workload="w", kind="alternative_grid"):
+    run = make_run(algorithm, trial, losses, workload=workload, kind=kind)
+    return dataclasses.replace(run, header=dict(run.header, submission=submission))
+
+
+def test_an_alternative_tuned_over_its_grid_takes_the_best_rate_per_workload():
+    runs = []
+    for trial in range(3):
+        runs += [_grid_run("muon", "Muon", trial, [2.0, 1.5, 1.2, 1.0, 0.9], kind="baseline"),
+                 _grid_run("muon-lr0.003", "Muon lr=0.003", trial, [2.0, 1.2, 0.9, 0.7, 0.6]),
+                 _grid_run("muon-lr0.0003", "Muon lr=0.0003", trial, [2.0, 1.9, 1.8, 1.7, 1.6]),
+                 # On workload "v" the default is best at the end of the budget.
+                 _grid_run("muon", "Muon", trial, [2.0, 1.5, 1.2, 1.0, 0.5], workload="v", kind="baseline"),
+                 _grid_run("muon-lr0.003", "Muon lr=0.003", trial, [2.0, 1.2, 0.9, 0.7, 0.6], workload="v"),
+                 _grid_run("muon-lr0.0003", "Muon lr=0.0003", trial, [2.0, 1.9, 1.8, 1.7, 1.6], workload="v"),
+                 # Workload "u" lacks a grid point: no tuned view there.
+                 _grid_run("muon", "Muon", trial, [2.0, 1.0], workload="u", kind="baseline"),
+                 _grid_run("muon-lr0.003", "Muon lr=0.003", trial, [2.0, 0.5], workload="u")]
+    assert scoring.alternative_grids(runs) == {"Muon tuned": ("muon", "muon-lr0.0003", "muon-lr0.003")}
+    tuned = scoring.tuned_alternatives(runs, "steps", "train_loss")
+    chosen = {(r.workload, r.tuned_from) for r in tuned}
+    assert chosen == {("w", "muon-lr0.003"), ("v", "muon")}
+    assert all(r.algorithm == "Muon tuned" and r.kind == "baseline" for r in tuned) and len(tuned) == 6
+    # The grid points are scored only through the tuned view: not as algorithms of their own.
+    assert {r.algorithm for r in scoring.scored_runs(runs)} == {"Muon"}
+    table = scoring.quality_table(scoring.scored_runs(runs) + tuned, "steps", "train_loss")
+    assert table["Muon tuned"]["w"][0] == pytest.approx(0.6) and table["Muon tuned"]["v"][0] == pytest.approx(0.5)
+    assert "u" not in table["Muon tuned"]

@@ -76,6 +76,20 @@ def test_the_alternatives_a_user_would_pick_are_baselines_at_keras_defaults():
     assert float(subs["schedule_free_adamw"].make_optimizer(workload).learning_rate) == pytest.approx(2.5e-3)
 
 
+def test_the_alternatives_grids_are_submissions_scored_through_their_tuned_view():
+    workload = workloads_from_suite("canonical-cpu-v1", names=["mlp-mnist1d"])[0]
+    subs = make_submissions()
+    assert GROUPS["alternatives-grid"] == ("adamw_cosine-lr0.0003", "adamw_cosine-lr0.003",
+                                           "schedule_free_adamw-lr0.0008", "schedule_free_adamw-lr0.0075",
+                                           "muon-lr0.0003", "muon-lr0.003")
+    point = subs["schedule_free_adamw-lr0.0075"]
+    assert point.kind == "alternative_grid" and point.algorithm == "ScheduleFreeAdamW lr=0.0075"
+    assert set(point.conditions) == {"steps", "time"} and point.stop == "both"
+    assert float(point.make_optimizer(workload).learning_rate) == pytest.approx(7.5e-3)
+    schedule = subs["adamw_cosine-lr0.003"].make_optimizer(workload)._learning_rate
+    assert schedule.warmup_target == pytest.approx(3e-3)
+
+
 def test_velo_prompt_rule():
     workload = workloads_from_suite("canonical-cpu-v1", names=["mlp-mnist1d"])[0]
     subs = make_submissions()
