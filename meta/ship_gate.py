@@ -3,7 +3,8 @@
     python -m meta.ship_gate --meta-validation SCORES.json \
         --comparison COMPARE_DIR --candidate velo_candidate --incumbent velo \
         --study INCUMBENT_STUDY --candidate-study CANDIDATE_STUDY [--out GATE.md]
-    python -m meta.ship_gate --goals --comparison COMPARE_DIR --study STUDY   # the shipped theta's goals
+    python -m meta.ship_gate --goals --comparison COMPARE_DIR --study STUDY \
+        --transformer-tasks meta/experiments/transformer_tasks/results     # the shipped theta's goals
 
 A theta ships only if it beats the theta shipped now, by criteria that a
 noisy evaluation cannot pass by chance and that no family or example may
@@ -29,8 +30,10 @@ pay for, measured on the loss each optimizer minimised:
 The goals the project set itself (a canonical median speed-up over tuned
 Adam of 1.3; at or below tuned Adam on at least 4 of the 5 small examples;
 both KerasHub examples at or below ScheduleFreeAdamW's and Muon's
-defaults) are reported beside the gate (`goals`), not part of it: the
-gate asks for progress, the goals say how far there is to go.
+defaults; ood-valid-v1's ViT and GPT tasks at or below AdamW's,
+ScheduleFreeAdamW's and Muon's defaults) are reported beside the gate
+(`goals`), not part of it: the gate asks for progress, the goals say how
+far there is to go.
 
 Any of the three evaluations may be left out (each costs CPU time): its
 criteria are reported as not run (`passed` None), and the verdict is "does
@@ -195,8 +198,25 @@ def gate(scores, comparison, candidate, incumbent, runs):
             + or_not_run("canonical", runs, canonical_criteria))
 
 
-def goals(comparison, key, runs=None, algorithm=VELO_ALGORITHM):
-    """The project's absolute goals for one theta (`key` in the comparison, `algorithm` in `runs`)."""
+def transformer_task_goal(results, label):
+    """Goal: VeLO (`label` in `meta/experiments/transformer_tasks` results) at or below AdamW's,
+    ScheduleFreeAdamW's and Muon's defaults on each of ood-valid-v1's ViT and GPT tasks."""
+    alternatives = ("adamw", "schedule_free_adamw", "muon")
+    scored = {task: r for task, r in results.items() if label in r and all(a in r for a in alternatives)}
+    if not scored:
+        return Criterion("ood-valid-v1 ViT/GPT tasks: at or below AdamW's, ScheduleFreeAdamW's and Muon's "
+                         "defaults", "not run", "all", None)
+    below = [task for task, r in scored.items()
+             if all(r[label]["final"] <= r[a]["final"] for a in alternatives)]
+    return Criterion("ood-valid-v1 ViT/GPT tasks: at or below AdamW's, ScheduleFreeAdamW's and Muon's defaults",
+                     f"{len(below)} of {len(scored)}" + (f" ({', '.join(below)})" if below else ""),
+                     f"{len(scored)} of {len(scored)}", len(below) == len(scored))
+
+
+def goals(comparison, key, runs=None, algorithm=VELO_ALGORITHM, transformer_tasks=None,
+          transformer_label="velo_bundled"):
+    """The project's absolute goals for one theta (`key` in the comparison, `algorithm` in `runs`,
+    `transformer_label` in the `transformer_tasks` results)."""
     out = []
     if runs is not None:
         from evaluation import scoring
@@ -225,6 +245,8 @@ def goals(comparison, key, runs=None, algorithm=VELO_ALGORITHM):
             out.append(Criterion(f"{example}: at or below ScheduleFreeAdamW's and Muon's defaults",
                                  f"{loss:.4g} against " + ", ".join(f"{n} {v:.4g}" for n, v in others.items()),
                                  "<= both", len(others) == 2 and all(loss <= v for v in others.values())))
+    if transformer_tasks is not None:
+        out.append(transformer_task_goal(transformer_tasks, transformer_label))
     return out
 
 
@@ -255,6 +277,12 @@ def markdown(criteria, goal_criteria=(), goals_title="Goals (reported, not gatin
     return "\n".join(lines).rstrip("\n") + "\n"
 
 
+def _transformer_tasks(args):
+    if not args.transformer_tasks:
+        return None
+    return json.loads(pathlib.Path(args.transformer_tasks, "results.json").read_text())
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m meta.ship_gate", description=__doc__.split("\n")[0])
     parser.add_argument("--meta-validation", help="python -m meta.evaluate --against INCUMBENT --json output")
@@ -263,20 +291,28 @@ def main(argv=None):
     parser.add_argument("--incumbent", default="velo", help="the incumbent's key in --comparison")
     parser.add_argument("--study", help="canonical-cpu-v1 study with the incumbent as velo-100")
     parser.add_argument("--candidate-study", help="canonical-cpu-v1 study of the candidate's velo-100")
+    parser.add_argument("--transformer-tasks",
+                        help="meta/experiments/transformer_tasks results directory (results.json), for the goal "
+                        "on ood-valid-v1's ViT/GPT tasks")
+    parser.add_argument("--transformer-label", default="velo_bundled",
+                        help="the theta's label in --transformer-tasks (default: %(default)s)")
     parser.add_argument("--goals", action="store_true",
                         help="only report the goals of the incumbent (--incumbent in --comparison, "
                         "velo-100 in --study), e.g. for the shipped theta; no gate")
     parser.add_argument("--out", help="write the tables here (markdown)")
     args = parser.parse_args(argv)
     if args.goals:
-        if not (args.comparison or args.study) or args.candidate_study or args.meta_validation:
-            parser.error("--goals takes --comparison and/or --study (the incumbent's), nothing else")
+        if not (args.comparison or args.study or args.transformer_tasks) or args.candidate_study \
+                or args.meta_validation:
+            parser.error("--goals takes --comparison, --study and --transformer-tasks (the incumbent's), "
+                         "nothing else")
         from evaluation.scoring import load_runs
 
         comparison = json.loads(pathlib.Path(args.comparison, "results.json").read_text()) \
             if args.comparison else None
         runs = load_runs(args.study) if args.study else None
-        goal_criteria = goals(comparison, args.incumbent, runs)
+        goal_criteria = goals(comparison, args.incumbent, runs, transformer_tasks=_transformer_tasks(args),
+                              transformer_label=args.transformer_label)
         text = markdown([], goal_criteria, f"Goals of {args.incumbent!r} (reported, not gating):")
         print(text)
         if args.out:
@@ -298,8 +334,9 @@ def main(argv=None):
     comparison = json.loads(pathlib.Path(args.comparison, "results.json").read_text()) if args.comparison else None
     scores = json.loads(pathlib.Path(args.meta_validation).read_text()) if args.meta_validation else None
     criteria = gate(scores, comparison, args.candidate, args.incumbent, runs)
-    goal_criteria = goals(comparison, args.candidate, runs, VELO_ALGORITHM + CANDIDATE_SUFFIX) \
-        if comparison is not None or runs is not None else []
+    goal_criteria = goals(comparison, args.candidate, runs, VELO_ALGORITHM + CANDIDATE_SUFFIX,
+                          _transformer_tasks(args), args.transformer_label) \
+        if comparison is not None or runs is not None or args.transformer_tasks else []
     text = markdown(criteria, goal_criteria)
     print(text)
     if args.out:

@@ -160,3 +160,15 @@ def test_no_criterion_is_no_verdict_and_goals_alone_report_the_shipped_theta(tmp
     assert "| keras_hub_vit: at or below ScheduleFreeAdamW's and Muon's defaults | 1 against" in text
     with pytest.raises(SystemExit):
         ship_gate.main(["--goals", "--meta-validation", str(out)])
+
+
+def test_the_transformer_task_goal_needs_every_task_at_or_below_every_alternative():
+    def task(velo, adamw=0.5, schedule_free=0.4, muon=0.45):
+        return {"velo_bundled": {"final": velo}, "adamw": {"final": adamw},
+                "schedule_free_adamw": {"final": schedule_free}, "muon": {"final": muon}}
+
+    met = ship_gate.transformer_task_goal({"vit-user": task(0.3), "gpt-user": task(0.4)}, "velo_bundled")
+    assert met.passed is True and met.value.startswith("2 of 2")
+    missed = ship_gate.transformer_task_goal({"vit-user": task(0.3), "gpt-user": task(0.41)}, "velo_bundled")
+    assert missed.passed is False and missed.value == "1 of 2 (vit-user)"
+    assert ship_gate.transformer_task_goal({"vit-user": task(0.3)}, "velo_other").passed is None
