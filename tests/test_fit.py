@@ -560,6 +560,21 @@ def test_updates_dropped_by_the_loss_scale_optimizer_are_reported():
     assert message.startswith(f"{dropped} of this fit's 8 updates")
 
 
+def test_steps_per_execution_that_does_not_divide_the_epoch_warns_nothing():
+    """4 batches an epoch in chunks of 3: Keras reports the last chunk as ending on "batch 5"."""
+    if BACKEND == "torch":
+        pytest.skip("steps_per_execution > 1 is not supported by Keras on torch")
+    x, y = _data()
+    velo = VeLO(weights=THETA)
+    model = _model()
+    model.compile(optimizer=velo, loss="mse", jit_compile=JIT, steps_per_execution=3)
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        model.fit(x, y, batch_size=BATCH, epochs=3, verbose=0, callbacks=[keras_velo.VeLOCallback()])
+    assert not [str(w.message) for w in record if "VeLO" in str(w.message)]
+    assert velo.total_steps == 12 and velo.diagnostics()["iteration"] == 12
+
+
 def test_bfloat16_variables_keep_float32_state():
     x, y = _data()
     velo = VeLO(total_steps=8, weights=THETA)

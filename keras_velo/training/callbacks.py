@@ -158,7 +158,10 @@ class VeLOCallback(keras.callbacks.Callback):
         velo = self._velo()
         if velo is None:
             return
-        self._epoch_batches = batch + 1
+        # With steps_per_execution, Keras reports the last batch of each chunk as if
+        # chunks were full: an epoch of 8 batches in chunks of 3 ends on "batch 8".
+        steps = self.params.get("steps")
+        self._epoch_batches = batch + 1 if steps is None else min(batch + 1, int(steps))
         health = _health_values(self._model, velo)
         check_skips(health["consecutive_skips"], health["skipped_steps"],
                     velo.max_consecutive_skips, health["skip_cause"])
@@ -175,7 +178,9 @@ class VeLOCallback(keras.callbacks.Callback):
         velo = self._velo()
         if velo is not None and self._start is not None:
             self._batches += self._epoch_batches
-            check_dropped_updates(velo, self._start, _counters(velo), self._batches)
+            # Only Keras' LossScaleOptimizer drops updates before VeLO sees them.
+            if isinstance(self._model.optimizer, keras.optimizers.LossScaleOptimizer):
+                check_dropped_updates(velo, self._start, _counters(velo), self._batches)
 
 
 def _keras_iterations(model):
