@@ -210,6 +210,31 @@ def test_total_steps_inferred_from_fit(fit_kwargs, compile_kwargs, optimizer_kwa
     assert velo.diagnostics()["iteration"] == 12 // accumulation
 
 
+def test_a_fit_from_initial_epoch_sets_the_steps_that_run():
+    """fit(epochs=4, initial_epoch=2) on a VeLO that has not trained: 2 epochs of 4 batches run."""
+    x, y = _data()
+    velo = VeLO(weights=THETA)
+    model = _compiled(velo, attach=False)
+    model.fit(x, y, batch_size=BATCH, epochs=4, initial_epoch=2, verbose=0, callbacks=[keras_velo.VeLOCallback()])
+    assert velo.total_steps == 8 and velo.diagnostics()["iteration"] == 8
+    assert infer_total_steps({"epochs": 4, "steps": 4}, first_epoch=2) == 8
+
+
+def test_total_steps_assigned_is_honoured_before_training_and_refused_after():
+    x, y = _data()
+    velo = VeLO(weights=THETA)
+    model = _compiled(velo, attach=False)
+    velo.total_steps = 20  # before fit: the horizon, not an inferred 8
+    assert velo.horizon.total_steps == 20
+    model.fit(x, y, batch_size=BATCH, epochs=2, verbose=0, callbacks=[keras_velo.VeLOCallback()])
+    assert velo.total_steps == 20 and velo.diagnostics()["iteration"] == 8
+    with pytest.raises(ValueError, match=r"extend_total_steps"):
+        velo.total_steps = 100  # after updates: refused, never silently ignored
+    assert velo.total_steps == 20
+    with pytest.raises(ValueError, match="total_steps"):
+        VeLO(weights=THETA).total_steps = 0
+
+
 def test_unknown_dataset_length_needs_total_steps():
     with pytest.raises(ValueError, match="steps_per_epoch"):
         infer_total_steps({"epochs": 2, "steps": None})

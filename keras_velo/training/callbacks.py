@@ -22,8 +22,10 @@ from keras_velo.training.optimizer import find_velo
 from keras_velo.training.train_step import feed_loss_to_velo
 
 
-def infer_total_steps(params, gradient_accumulation_steps=None):
-    """VeLO updates in a `fit` run: epochs x batches per epoch / Keras accumulation.
+def infer_total_steps(params, gradient_accumulation_steps=None, first_epoch=0):
+    """VeLO updates in a `fit` run: epochs run x batches per epoch / Keras accumulation.
+
+    `first_epoch` is `fit`'s `initial_epoch`: epochs `first_epoch .. epochs - 1` run.
 
     `steps_per_execution` needs no correction: `params["steps"]` counts
     batches, and every batch is one optimizer call.
@@ -34,7 +36,7 @@ def infer_total_steps(params, gradient_accumulation_steps=None):
             "VeLO's total_steps cannot be inferred: the dataset has no known "
             "length. Pass `steps_per_epoch=` to fit, or VeLO(total_steps=...)."
         )
-    calls = int(params["epochs"]) * int(steps)
+    calls = max(1, int(params["epochs"]) - int(first_epoch)) * int(steps)
     return max(1, calls // (gradient_accumulation_steps or 1))
 
 
@@ -53,8 +55,12 @@ class VeLOCallback(keras.callbacks.Callback):
       after `keras.saving.load_model`, passing the callback to `fit` again
       is all it takes. The step stays on the instance, so later
       `train_on_batch` calls feed the loss too.
-    * `total_steps=None`: set at the start of the first `fit` to epochs x
-      batches per epoch (divided by Keras' `gradient_accumulation_steps`).
+    * `total_steps=None`: set at the start of the first `fit` to the epochs
+      it runs x batches per epoch (divided by Keras' `gradient_accumulation_steps`);
+      with `fit(initial_epoch=k)` on a VeLO that has not trained, the epochs
+      k .. epochs - 1, so that its schedule spans the updates that run.
+      A `total_steps` set before (`VeLO(total_steps=...)`, or assigned to
+      `optimizer.total_steps` before the first update) wins.
     * On TensorFlow, the optimizer is built at the start of `fit` (once
       the model's layers are), so that Keras traces its train function
       once, not twice (`build_before_tracing`).
@@ -81,6 +87,7 @@ class VeLOCallback(keras.callbacks.Callback):
         self._elapsed = 0.0
         self._clock_started = None
         self._start = None
+        self._inferred_horizon = False
         self._batches = self._epoch_batches = 0
 
     def set_model(self, model):
@@ -102,7 +109,9 @@ class VeLOCallback(keras.callbacks.Callback):
         velo = self._velo()
         if velo is None:
             return
-        if velo.horizon is None and velo.adopt_restored_horizon() is None:
+        # Inferred from epoch 0; the first epoch's number corrects it for an initial_epoch.
+        self._inferred_horizon = velo.horizon is None and velo.adopt_restored_horizon() is None
+        if self._inferred_horizon:
             velo.set_total_steps(
                 infer_total_steps(self.params, velo.gradient_accumulation_steps)
             )
@@ -117,8 +126,16 @@ class VeLOCallback(keras.callbacks.Callback):
             return
         self._first_epoch = False
         velo = self._velo()
+        if velo is None:
+            return
+        if self._inferred_horizon and epoch > 0 and _counters(velo)[0] == 0:
+            # fit(initial_epoch=epoch) on a VeLO that has not trained: only
+            # epochs `epoch .. epochs - 1` run, and its schedule spans them.
+            velo.set_total_steps(
+                infer_total_steps(self.params, velo.gradient_accumulation_steps, first_epoch=epoch)
+            )
         iterations = _keras_iterations(self._model)
-        if velo is None or iterations == self._iterations_at_set_model:
+        if iterations == self._iterations_at_set_model:
             return
         # A callback restored a backup after this fit began: its horizon wins,
         # and a mid-epoch backup means Keras replays part of `epoch`.

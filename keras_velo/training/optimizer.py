@@ -144,7 +144,6 @@ class VeLO(keras.optimizers.Optimizer):
         super().__init__(learning_rate=learning_rate, name=name, **kwargs)
         if total_steps is not None:
             total_steps = arguments.positive_int("total_steps", total_steps)
-        self.total_steps = total_steps
         self.max_training_steps = arguments.positive_int("max_training_steps", max_training_steps)
         self.max_consecutive_skips = arguments.positive_int(
             "max_consecutive_skips", max_consecutive_skips
@@ -209,7 +208,9 @@ class VeLO(keras.optimizers.Optimizer):
                 raise ValueError(
                     "VeLO's horizon can only be set before its first update; this "
                     f"optimizer has already run {done} updates with "
-                    f"total_steps={self.total_steps}."
+                    f"total_steps={self.total_steps}. To train longer on the same "
+                    "schedule's end, call optimizer.extend_total_steps(extra_steps); "
+                    "for a new schedule, compile with a new VeLO(total_steps=...)."
                 )
         planned = 1 if self.horizon is None else self.horizon.num_accumulated
         if self.built and horizon.num_accumulated != planned:
@@ -221,8 +222,22 @@ class VeLO(keras.optimizers.Optimizer):
             )
         self._set_horizon(horizon)
 
+    @property
+    def total_steps(self):
+        """The updates training will make (None until set or inferred by `fit`).
+
+        Assigning it is `set_total_steps(value)`: honoured before the first
+        update, refused with an error after it.
+        """
+        horizon = getattr(self, "horizon", None)
+        return None if horizon is None else horizon.total_steps
+
+    @total_steps.setter
+    def total_steps(self, value):
+        self.set_total_steps(value)
+
     def _set_horizon(self, horizon):
-        self.total_steps, self.horizon = horizon.total_steps, horizon
+        self.horizon = horizon
         if self.built:
             self._velo.set_horizon_steps(horizon.velo_steps)
 
@@ -241,7 +256,6 @@ class VeLO(keras.optimizers.Optimizer):
             return self.total_steps
         accumulated = 1 if self.horizon is None else self.horizon.num_accumulated
         self.horizon = Horizon(velo_steps * accumulated, accumulated, velo_steps)
-        self.total_steps = self.horizon.total_steps
         return self.total_steps
 
     def extend_total_steps(self, extra_steps):
