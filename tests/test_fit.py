@@ -600,6 +600,33 @@ def test_steps_per_execution_that_does_not_divide_the_epoch_warns_nothing():
     assert velo.total_steps == 12 and velo.diagnostics()["iteration"] == 12
 
 
+@pytest.mark.parametrize("weights", [THETA, "bundled"], ids=["theta-by-value", "shipped-by-fingerprint"])
+def test_a_restart_from_a_weights_only_checkpoint_continues_the_run(tmp_path, weights):
+    """load_weights right after compile (VeLO not built yet) restores VeLO's state at its build."""
+    x, y = _data()
+    path = str(tmp_path / "checkpoint.weights.h5")
+
+    class StopAfterFirstEpoch(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            self.model.stop_training = True
+
+    def fit(model, callbacks=(), **kwargs):
+        model.fit(x, y, batch_size=BATCH, epochs=2, shuffle=False, verbose=0,
+                  callbacks=[keras_velo.VeLOCallback(), *callbacks], **kwargs)
+        return model
+
+    uninterrupted = fit(_compiled(VeLO(weights=weights), attach=False))
+    fit(_compiled(VeLO(weights=weights), attach=False),
+        [keras.callbacks.ModelCheckpoint(path, save_weights_only=True), StopAfterFirstEpoch()])
+    restarted = _compiled(VeLO(weights=weights), attach=False)
+    restarted.load_weights(path)  # Adam would warn and drop its state; VeLO keeps it for its build
+    fit(restarted, initial_epoch=1)
+    assert restarted.optimizer.total_steps == uninterrupted.optimizer.total_steps == 8
+    assert restarted.optimizer.diagnostics()["iteration"] == 8
+    for a, b in zip(_weights(uninterrupted), _weights(restarted)):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
+
+
 def test_bfloat16_variables_keep_float32_state():
     x, y = _data()
     velo = VeLO(total_steps=8, weights=THETA)

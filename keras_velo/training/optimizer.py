@@ -174,6 +174,7 @@ class VeLO(keras.optimizers.Optimizer):
             (), initializer="zeros", dtype="float32", name="velo_time_fraction"
         )
         self._variables_before_build = len(self.variables)
+        self._pending_state = None  # loaded before build: restored by `build`
 
     # ------------------------------------------------------------------ state
 
@@ -193,6 +194,9 @@ class VeLO(keras.optimizers.Optimizer):
         self._weight_decays = [
             self.weight_decay if self._use_weight_decay(v) else 0.0 for v in variables
         ]
+        if self._pending_state is not None:  # `load_weights` came before the build
+            pending, self._pending_state = self._pending_state, None
+            self.load_own_variables(pending)
 
     def set_total_steps(self, total_steps):
         """Sets the horizon after construction (e.g. inferred by `fit`), before training.
@@ -422,7 +426,17 @@ class VeLO(keras.optimizers.Optimizer):
         )
 
     def load_own_variables(self, store):
-        """Keras' loading; a theta saved by name is the shipped theta with its fingerprint."""
+        """Keras' loading; a theta saved by name is the shipped theta with its fingerprint.
+
+        Before VeLO is built (`model.load_weights` right after `compile`, as
+        a restart from `ModelCheckpoint(save_weights_only=True)` does), the
+        saved variables are kept and restored by `build`, before the first
+        update, so training continues as the saved run would have.
+        """
+        if not self.built and len(store.keys()) > self._variables_before_build:
+            saving.saved_shipped_name(store)  # a fingerprint no shipped theta has fails now
+            self._pending_state = {key: np.asarray(store[key]) for key in store.keys()}
+            return
         if saving.load_variables(
             store, self.variables, self._velo.theta if self.built else None,
             super().load_own_variables, self._variables_before_build,

@@ -66,6 +66,27 @@ def save_variables(store, variables, theta_variables, by_name, save_all):
     store[FINGERPRINT_KEY] = value
 
 
+def saved_shipped_name(store):
+    """The name of the shipped theta a store saved by fingerprint holds (None if saved by value).
+
+    Raises `CheckpointError` if no theta shipped with this keras-velo has the fingerprint.
+    """
+    if FINGERPRINT_KEY not in store.keys():
+        return None
+    saved = bytes(np.asarray(store[FINGERPRINT_KEY], np.uint8))
+    name = shipped_name(saved)
+    if name is None:
+        shipped = ", ".join(f"{n} {f.hex()[:16]}..." for f, n in shipped_fingerprints().items())
+        raise CheckpointError(
+            "This VeLO optimizer was saved with weights shipped in keras-velo, by their "
+            f"fingerprint (SHA-256 {saved.hex()[:16]}...), and none of the weights "
+            f"installed here has it ({shipped}): it was saved with another version of "
+            "keras-velo. Install that version to resume exactly, or load the model with "
+            "`compile=False` and compile it with a new VeLO."
+        )
+    return name
+
+
 def load_variables(store, variables, theta_variables, load_all, variables_before_build):
     """Reads an optimizer's `variables` from `store`, as `save_variables` wrote them.
 
@@ -88,16 +109,12 @@ def load_variables(store, variables, theta_variables, load_all, variables_before
     if FINGERPRINT_KEY not in store.keys():
         load_all(store)
         return True
+    name = saved_shipped_name(store)
     saved = bytes(np.asarray(store[FINGERPRINT_KEY], np.uint8))
-    name = shipped_name(saved)
-    if theta_variables is None or name is None:
-        shipped = ", ".join(f"{n} {f.hex()[:16]}..." for f, n in shipped_fingerprints().items())
+    if theta_variables is None:
         raise CheckpointError(
-            "This VeLO optimizer was saved with weights shipped in keras-velo, by their "
-            f"fingerprint (SHA-256 {saved.hex()[:16]}...), and none of the weights "
-            f"installed here has it ({shipped}): it was saved with another version of "
-            "keras-velo. Install that version to resume exactly, or load the model with "
-            "`compile=False` and compile it with a new VeLO."
+            "This VeLO optimizer is not built yet, so the state saved with it cannot be "
+            "restored here; build it first (`model.optimizer.build(model.trainable_variables)`)."
         )
     if bytes(theta_fingerprint(theta_variables)) != saved:  # e.g. saved when "bundled" was another theta
         theta = flatten_theta(resolve_weights(name)[0])
