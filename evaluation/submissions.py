@@ -104,11 +104,6 @@ def alternative_grid_names(name):
                  for lr in alternative.grid)
 
 
-def tuned_title(name):
-    """The algorithm name of an alternative tuned over its grid."""
-    return f"{ALTERNATIVES[name].title} tuned"
-
-
 def _velo_steps(fraction, weights):
     def make(workload):
         import keras_velo
