@@ -706,7 +706,7 @@ def test_monitor_logs_reach_history_and_tensorboard(tmp_path):
     x, y = _data()
     velo = VeLO(total_steps=8, weights=THETA)
     model = _compiled(velo)
-    monitor = keras_velo.VeLOMonitor()
+    monitor = keras_velo.VeLOMonitor(per_tensor=True, loss_features=True)
     board = keras.callbacks.TensorBoard(log_dir=str(tmp_path))
     history = model.fit(x, y, batch_size=BATCH, epochs=2, verbose=0, callbacks=[monitor, board])
     logs = history.history
@@ -723,3 +723,66 @@ def test_monitor_logs_reach_history_and_tensorboard(tmp_path):
         for event in tf.compat.v1.train.summary_iterator(str(event_file)):
             tags.update(v.tag for v in event.summary.value)
     assert any("velo/fraction_trained" in t for t in tags), tags
+
+
+def test_monitor_keeps_the_progress_line_short(capsys):
+    x, y = _data()
+    model = _compiled()
+    model.fit(x, y, batch_size=BATCH, epochs=1, verbose=2, callbacks=[keras_velo.VeLOMonitor()])
+    epoch_line = max(capsys.readouterr().out.splitlines(), key=len)
+    assert "velo/lr_mult_mean" in epoch_line and "velo/lr_mult/" not in epoch_line
+    assert len(epoch_line) < 300, epoch_line
+
+
+def test_data_running_out_says_the_schedule_did_not_finish():
+    import tensorflow as tf
+
+    x, y = _data()
+    data = tf.data.Dataset.from_tensor_slices((x, y)).batch(BATCH)  # 4 batches, no repeat
+    velo = VeLO(weights=THETA)
+    model = _compiled(velo, attach=False)
+    with pytest.warns(RuntimeWarning, match=r"schedule did not finish") as record:
+        model.fit(data, steps_per_epoch=3, epochs=4, verbose=0, callbacks=[keras_velo.VeLOCallback()])
+    message = next(str(w.message) for w in record if "did not finish" in str(w.message))
+    assert "of the 12 batches it planned" in message and "total_steps=12" in message
+    # the whole schedule ran: no warning
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        _compiled(VeLO(weights=THETA), attach=False).fit(
+            data.repeat(), steps_per_epoch=3, epochs=4, verbose=0,
+            callbacks=[keras_velo.VeLOCallback()])
+    assert not [w for w in record if "did not finish" in str(w.message)]
+
+
+def test_an_adam_sized_learning_rate_warns():
+    with pytest.warns(UserWarning, match=r"1,000-fold.*not Adam's learning rate"):
+        VeLO(total_steps=8, weights=THETA, learning_rate=1e-3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        VeLO(total_steps=8, weights=THETA, learning_rate=0.5)  # a damping: no warning
+
+
+def test_a_mixed_float16_model_saves_shipped_weights_by_name(tmp_path, monkeypatch):
+    """The loss-scale wrapper wrote VeLO's variables again, theta by value: 9.4 MB."""
+    x, y = _data()
+    keras.mixed_precision.set_dtype_policy("mixed_float16")
+    try:
+        model = _compiled(VeLO(total_steps=8, weights="bundled"), jit_compile=XLA)
+        model.fit(x, y, batch_size=BATCH, epochs=1, verbose=0)
+        model.optimizer.dynamic_scale.assign(1024.0)  # the wrapper's own state must come back
+        model.save(tmp_path / "new.keras")
+        keras_save = keras.optimizers.LossScaleOptimizer._keras_saving[0]
+        with monkeypatch.context() as patch:  # a file saved before the change still loads
+            patch.setattr(keras.optimizers.LossScaleOptimizer, "save_own_variables", keras_save)
+            model.save(tmp_path / "old.keras")
+        restored = {name: keras.saving.load_model(tmp_path / f"{name}.keras") for name in ("new", "old")}
+    finally:
+        keras.mixed_precision.set_dtype_policy("float32")
+    assert (tmp_path / "new.keras").stat().st_size < 1_000_000
+    assert (tmp_path / "old.keras").stat().st_size > 9_000_000
+    for loaded in restored.values():
+        assert isinstance(loaded.optimizer, keras.optimizers.LossScaleOptimizer)
+        assert len(loaded.optimizer.variables) == len(model.optimizer.variables)
+        for saved, back in zip(model.optimizer.variables, loaded.optimizer.variables):
+            np.testing.assert_array_equal(ops.convert_to_numpy(back.value),
+                                          ops.convert_to_numpy(saved.value), err_msg=saved.path)

@@ -189,3 +189,32 @@ def test_compile_update_must_be_auto_true_or_false(value):
     with pytest.raises(ValueError, match="compile_update.*\"auto\", True or False"):
         VeLO(total_steps=10, weights="bundled", compile_update=value)
 
+
+
+def test_a_train_step_compiled_by_keras_leaves_the_update_out_of_its_trace():
+    """`model.compile(jit_compile=True)`: dynamo traced VeLO's update into 185 graphs (minutes)."""
+    import torch
+
+    import keras_velo
+
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(64, 8)).astype("float32"), rng.integers(0, 3, 64)
+
+    def fit(jit_compile):
+        keras.utils.set_random_seed(0)
+        model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(16, activation="relu"),
+                                  keras.layers.Dense(3)])
+        model.compile(VeLO(weights="bundled"), jit_compile=jit_compile,
+                      loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        history = model.fit(x, y, batch_size=16, epochs=2, verbose=0,
+                            callbacks=[keras_velo.VeLOCallback()])
+        return history.history["loss"], model.get_weights()
+
+    torch._dynamo.utils.counters.clear()
+    compiled_losses, compiled_weights = fit(True)
+    graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    assert 0 < graphs <= 10, graphs  # the train step's forward and backward, not VeLO's update
+    losses, weights = fit(False)
+    np.testing.assert_allclose(compiled_losses, losses, rtol=1e-5)
+    for compiled, eager in zip(compiled_weights, weights):
+        np.testing.assert_allclose(compiled, eager, atol=1e-6)

@@ -7,6 +7,7 @@ every weight at the first update) and values out of range.
 
 import math
 import numbers
+import warnings
 
 # What each integer argument counts, and an example of a good value.
 _COUNTS = {
@@ -93,7 +94,20 @@ def step_multiplier(name, value):
             f"`{name}` must be a positive multiplier of VeLO's step (1.0 is the "
             f"reference; below 1 damps it), got {value!r}."
         )
+    if value < SMALLEST_UNSURPRISING_MULTIPLIER:
+        warnings.warn(
+            f"VeLO(learning_rate={value!r}) shrinks every step VeLO takes "
+            f"{1 / value:,.0f}-fold, so training will barely move. VeLO chooses its own "
+            "step sizes; its `learning_rate` is a multiplier of them (1.0, the reference, "
+            "is what it was meta-trained for), not Adam's learning rate. Leave it out, "
+            "or damp VeLO's steps gently (e.g. 0.5).",
+            stacklevel=4,
+        )
     return value
+
+
+# Below this, a `learning_rate` is most likely an Adam habit (1e-3), not a damping.
+SMALLEST_UNSURPRISING_MULTIPLIER = 0.05
 
 
 def integer_seed(name, value):

@@ -17,6 +17,7 @@ from keras_velo.training.health import (
     check_horizon,
     check_skips,
     report_replayed_batches,
+    report_unfinished_schedule,
 )
 from keras_velo.training.optimizer import find_velo
 from keras_velo.training.train_step import feed_loss_to_velo
@@ -77,7 +78,9 @@ class VeLOCallback(keras.callbacks.Callback):
       VeLO's `total_steps` grows by the replayed batches so that its
       schedule still ends with the fit (one warning says so).
     * At the end of `fit`: one warning if updates never reached VeLO
-      (dropped by the loss-scale optimizer under mixed_float16).
+      (dropped by the loss-scale optimizer under mixed_float16), and one if
+      the data ran out before `steps_per_epoch x epochs` batches, leaving
+      VeLO's schedule unfinished.
 
     With a model compiled with another optimizer it does nothing.
     """
@@ -89,6 +92,7 @@ class VeLOCallback(keras.callbacks.Callback):
         self._start = None
         self._inferred_horizon = False
         self._batches = self._epoch_batches = 0
+        self._epochs_planned = 0
 
     def set_model(self, model):
         super().set_model(model)
@@ -125,6 +129,7 @@ class VeLOCallback(keras.callbacks.Callback):
         if not self._first_epoch:
             return
         self._first_epoch = False
+        self._epochs_planned = int(self.params["epochs"]) - epoch
         velo = self._velo()
         if velo is None:
             return
@@ -198,6 +203,11 @@ class VeLOCallback(keras.callbacks.Callback):
             # Only Keras' LossScaleOptimizer drops updates before VeLO sees them.
             if isinstance(self._model.optimizer, keras.optimizers.LossScaleOptimizer):
                 check_dropped_updates(velo, self._start, _counters(velo), self._batches)
+            steps = self.params.get("steps")
+            if steps is not None and not self._model.stop_training and self._epochs_planned:
+                planned = int(steps) * self._epochs_planned
+                if self._batches < planned:  # Keras ended the fit: the data ran out
+                    report_unfinished_schedule(velo, planned, self._batches, _counters(velo)[0])
 
 
 def _keras_iterations(model):
@@ -267,18 +277,21 @@ class VeLOMonitor(keras.callbacks.Callback):
     """Adds VeLO's view of training to the logs (History, TensorBoard, CSVLogger).
 
     Keys: `velo/fraction_trained`, `velo/iteration`, `velo/skipped_steps`,
-    `velo/loss_feature_0` ... `_8`, `velo/lr_mult_mean|min|max`, and with
-    `per_tensor=True` one `velo/lr_mult/<variable path>` per tensor.
-    Put it before `TensorBoard` in the callback list.
+    `velo/lr_mult_mean|min|max`; with `loss_features=True` also
+    `velo/loss_feature_0` ... `_8`, and with `per_tensor=True` one
+    `velo/lr_mult/<variable path>` per tensor. Keras' progress line
+    (`verbose=1` or `2`) prints every key, so the two detailed groups are
+    off unless asked for. Put it before `TensorBoard` in the callback list.
 
     Args:
         update_freq: `"epoch"` (default) or an integer N: also add the keys
             to the batch logs every N batches (on JAX each such batch syncs
             the training state to the host).
         per_tensor: log each tensor's step multiplier.
+        loss_features: log the 9 loss features VeLO's LSTM reads.
     """
 
-    def __init__(self, update_freq="epoch", per_tensor=True):
+    def __init__(self, update_freq="epoch", per_tensor=False, loss_features=False):
         super().__init__()
         if update_freq != "epoch" and (not isinstance(update_freq, int) or update_freq < 1):
             raise ValueError(
@@ -286,6 +299,7 @@ class VeLOMonitor(keras.callbacks.Callback):
             )
         self.update_freq = update_freq
         self.per_tensor = per_tensor
+        self.loss_features = loss_features
         self.history = []
 
     def _diagnostic_logs(self):
@@ -300,8 +314,9 @@ class VeLOMonitor(keras.callbacks.Callback):
             "velo/lr_mult_min": float(lr_mult.min()),
             "velo/lr_mult_max": float(lr_mult.max()),
         }
-        for i, value in enumerate(diagnostics["loss_features"]):
-            logs[f"velo/loss_feature_{i}"] = value
+        if self.loss_features:
+            for i, value in enumerate(diagnostics["loss_features"]):
+                logs[f"velo/loss_feature_{i}"] = value
         if self.per_tensor:
             for path, value in zip(diagnostics["variable_paths"], lr_mult):
                 logs[f"velo/lr_mult/{path}"] = float(value)

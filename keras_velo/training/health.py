@@ -8,9 +8,10 @@
 * Running past `total_steps`: VeLO keeps going exactly as the reference does
   (the training fraction exceeds 1; its features saturate past 1.1), with
   one warning per optimizer.
-* Updates that never reach VeLO (dropped by the loss-scale optimizer) and
-  batches `fit` trains twice (a mid-epoch `BackupAndRestore` resume): one
-  warning each, with what it did to VeLO's schedule.
+* Updates that never reach VeLO (dropped by the loss-scale optimizer),
+  batches `fit` trains twice (a mid-epoch `BackupAndRestore` resume) and
+  a `fit` whose data ran out before its schedule ended: one warning each,
+  with what it did to VeLO's schedule.
 """
 
 import os
@@ -150,6 +151,31 @@ def report_replayed_batches(optimizer, epoch, replayed, extended):
         f"{replayed} batches are trained on twice. {consequence}. For a resume "
         "that equals an uninterrupted run, back up at epoch ends "
         "(`BackupAndRestore(save_freq=\"epoch\")`).",
+        RuntimeWarning,
+        stacklevel=_user_stacklevel(),
+    )
+
+
+def report_unfinished_schedule(optimizer, planned, trained, iteration):
+    """Warns that `fit` trained `trained` of its `planned` batches and VeLO's schedule did not end.
+
+    `iteration` is VeLO's update count at the end of the fit.
+
+    Keras ends a `fit` whose data runs out before `steps_per_epoch x
+    epochs` batches with its own warning; VeLO's training fraction then
+    stops short of 1, so its end-of-training behaviour (annealed steps)
+    never ran.
+    """
+    horizon = optimizer.horizon
+    if horizon is None or iteration >= horizon.velo_steps:
+        return
+    warnings.warn(
+        f"fit trained {trained} of the {planned} batches it planned (the data ran "
+        f"out), so VeLO's schedule did not finish: its training fraction is "
+        f"{iteration / horizon.velo_steps:.3f} of total_steps={optimizer.total_steps}, and "
+        "the end of training it anneals towards never came. Give fit data for "
+        "steps_per_epoch x epochs batches (`dataset.repeat()`), or set "
+        "VeLO(total_steps=...) to the updates that will run.",
         RuntimeWarning,
         stacklevel=_user_stacklevel(),
     )

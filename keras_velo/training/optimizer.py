@@ -20,10 +20,10 @@ from keras_velo.maths.theta import flatten_theta, unflatten_theta
 from keras_velo.packed.packing import packed_layout
 from keras_velo.packed.prefab import DEFAULT_MAX_TRAINING_STEPS, Horizon, plan_horizon
 from keras_velo.packed.state_view import tensor_states
-from keras_velo.training import arguments, guards, saving
+from keras_velo.training import arguments, guards, loss_scale_saving, saving, tf_distribute
 from keras_velo.training.health import check_health_if_eager
 from keras_velo.training.state_variables import StateVariables
-from keras_velo.training.update_function import update_function
+from keras_velo.training.update_function import outside_torch_compile, update_function
 from keras_velo.weights.pretrained import resolve_saved_weights, resolve_weights
 
 DEFAULT_MAX_CONSECUTIVE_SKIPS = 100
@@ -166,7 +166,8 @@ class VeLO(keras.optimizers.Optimizer):
         self.horizon = None if total_steps is None else plan_horizon(
             total_steps, self.max_training_steps
         )
-        self._loss_given = False
+        self._loss_given = tf_distribute.PerThread(False)
+        self._loss_shares = tf_distribute.PerThread(None)  # under tf.distribute
         self.loss_variable = self.add_variable(
             (), initializer="zeros", dtype="float32", name="velo_loss"
         )
@@ -303,10 +304,10 @@ class VeLO(keras.optimizers.Optimizer):
                     f"Got {len(grads)} gradients for {len(trainable_variables)} "
                     "variables; pass exactly one gradient per variable."
                 )
-        guards.require_loss(loss, self._loss_given)
+        guards.require_loss(loss, self._loss_given.get())
         guards.check_ready(self.horizon, self._theta_error)
         if loss is not None:
-            self.assign(self.loss_variable, ops.cast(ops.reshape(loss, ()), "float32"))
+            self.feed_loss(loss)
         with self.loss_fed_by_train_step() as outer:
             result = super().apply(grads, trainable_variables)
         if not outer and self.built:  # called by the user; in fit, VeLOCallback reports (once)
@@ -324,7 +325,7 @@ class VeLO(keras.optimizers.Optimizer):
 
         `loss` may be a traced value, so this works under `jax.jit`.
         """
-        guards.require_loss(loss, self._loss_given)
+        guards.require_loss(loss, self._loss_given.get())
         guards.check_ready(self.horizon, self._theta_error)
         if loss is not None:
             index = self._get_optimizer_variable_index(self.loss_variable)
@@ -339,11 +340,24 @@ class VeLO(keras.optimizers.Optimizer):
 
         Yields whether one was already fed by an outer caller (a train step).
         """
-        outer, self._loss_given = self._loss_given, True
+        outer = self._loss_given.get()
+        self._loss_given.set(True)
         try:
             yield outer
         finally:
-            self._loss_given = outer
+            self._loss_given.set(outer)
+
+    def feed_loss(self, loss):
+        """Hands VeLO the loss for the next update (a train step calls it).
+
+        In a `tf.distribute` replica, `loss` is this replica's share (Keras
+        divides it by the number of replicas); the update sums the shares.
+        """
+        loss = ops.stop_gradient(ops.reshape(ops.cast(ops.convert_to_tensor(loss), "float32"), ()))
+        if tf_distribute.replica_context() is not None:
+            self._loss_shares.set(loss)
+        else:
+            self.assign(self.loss_variable, loss)
 
     def set_training_seconds(self, seconds):
         """Time-budget mode: training fraction = min(seconds / time_budget, 1).
@@ -373,13 +387,27 @@ class VeLO(keras.optimizers.Optimizer):
 
     def _backend_update_step(self, grads, trainable_variables, learning_rate):
         if keras.backend.backend() == "torch":
-            import torch
-
-            with torch.no_grad():
-                return self._velo_update_step(grads, trainable_variables, learning_rate)
+            return outside_torch_compile(self._velo_update_step)(
+                grads, trainable_variables, learning_rate
+            )
         return self._velo_update_step(grads, trainable_variables, learning_rate)
 
     def _velo_update_step(self, grads, trainable_variables, learning_rate):
+        context = tf_distribute.replica_context()
+        if context is None:
+            return self._velo_update(grads, trainable_variables, learning_rate)
+        loss_share = self._loss_shares.get()
+        self._loss_shares.set(None)
+        if loss_share is None:  # fed before the strategy ran (a plain assign)
+            loss_share = self.loss_variable.value / context.num_replicas_in_sync
+
+        def update(grads, loss):
+            self.assign(self.loss_variable, loss)
+            self._velo_update(grads, trainable_variables, learning_rate)
+
+        tf_distribute.update_once_for_all_replicas(context, update, list(grads), loss_share)
+
+    def _velo_update(self, grads, trainable_variables, learning_rate):
         """One `prefab_update` on every tensor VeLO was built for.
 
         Tensors left out of this call (no gradient) keep their values and
@@ -493,3 +521,6 @@ class VeLO(keras.optimizers.Optimizer):
             }
         )
         return config
+
+
+loss_scale_saving.install(wraps_velo=lambda wrapper: isinstance(wrapper.inner_optimizer, VeLO))

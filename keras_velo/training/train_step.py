@@ -27,6 +27,8 @@ normalisation statistics), taken inside the compiled step.
 calls it at once (for `train_on_batch`).
 """
 
+import contextlib
+import threading
 import types
 
 import keras
@@ -54,29 +56,51 @@ def feed_loss_to_velo(model):
 def _capturing_train_step(self, data):
     """TF / torch: Keras' train step, with the loss captured at `scale_loss`."""
     keras_train_step = type(self).train_step
-    optimizer = self.optimizer
-    velo = find_velo(optimizer)
+    velo = find_velo(self.optimizer)
     if velo is None:
         return keras_train_step(self, data)
-    original_scale_loss = optimizer.scale_loss
-
-    def scale_loss(loss):
-        velo.assign(velo.loss_variable, keras.ops.cast(keras.ops.stop_gradient(loss), "float32"))
-        return original_scale_loss(loss)
-
-    optimizer.scale_loss = scale_loss
     statistics = self.non_trainable_variables
     before = [keras.ops.copy(v.value) for v in statistics]
-    try:
-        with velo.loss_fed_by_train_step():
-            logs = keras_train_step(self, data)
-    finally:
-        del optimizer.scale_loss  # back to the class's method
+    with _loss_captured_at_scale_loss(self.optimizer, velo), velo.loss_fed_by_train_step():
+        logs = keras_train_step(self, data)
     if statistics:
         skipped = keras.ops.greater(velo.health_variables()["consecutive_skips"].value, 0)
         for variable, old in zip(statistics, before):
             variable.assign(keras.ops.where(skipped, old, variable.value))
     return logs
+
+
+# Under tf.distribute the replicas run the train step in threads on one
+# shared optimizer: its `scale_loss` is wrapped while any of them runs it,
+# and each thread's loss goes to the VeLO whose step runs in that thread.
+_capturing = threading.local()
+_wrapped = {}  # id(optimizer) -> number of train steps running with the wrapper
+_wrapped_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def _loss_captured_at_scale_loss(optimizer, velo):
+    with _wrapped_lock:
+        if not _wrapped.get(id(optimizer)):
+            original_scale_loss = optimizer.scale_loss
+
+            def scale_loss(loss):
+                if getattr(_capturing, "velo", None) is velo:
+                    velo.feed_loss(loss)
+                return original_scale_loss(loss)
+
+            optimizer.scale_loss = scale_loss
+        _wrapped[id(optimizer)] = _wrapped.get(id(optimizer), 0) + 1
+    _capturing.velo = velo
+    try:
+        yield
+    finally:
+        _capturing.velo = None
+        with _wrapped_lock:
+            _wrapped[id(optimizer)] -= 1
+            if not _wrapped[id(optimizer)]:
+                del _wrapped[id(optimizer)]
+                del optimizer.scale_loss  # back to the class's method
 
 
 def _jax_train_step(self, state, data):

@@ -15,6 +15,11 @@ once per layout (and per set of tensors with gradients) and reused:
   structure; inside a graph (`fit`) the plain function.
 * PyTorch, where Keras itself runs eagerly: `torch.compile` when
   `VeLO(compile_update=...)` says so (`keras_velo.packed.torch_compile`).
+  With `model.compile(jit_compile=True)` Keras hands its whole train step
+  to `torch.compile`, whose tracer (dynamo) would break VeLO's update into
+  hundreds of small graphs and recompile them until its limit (minutes for
+  a tiny model); `outside_torch_compile` keeps the update out of that
+  trace (one graph break), so it runs as it does without `jit_compile`.
 
 `compile_update=False` runs the update op by op on every backend (for
 debugging; the results are the same).
@@ -92,3 +97,19 @@ def compiled_when_eager(function, backend):
 
     call.traces = 0
     return call
+
+
+def outside_torch_compile(update_step):
+    """`update_step` (a PyTorch optimizer step) run without autograd and out of `torch.compile`'s trace.
+
+    Called inside a train step that `torch.compile` traces, the call is one
+    graph break: the update runs eagerly, or as VeLO's own compiled program.
+    """
+    import torch
+
+    @torch.compiler.disable
+    def step(*args):
+        with torch.no_grad():
+            return update_step(*args)
+
+    return step
