@@ -133,6 +133,21 @@ def tensor_states(state, shapes):
     )
 
 
+def unpacked_tensor_states(state):
+    """`TensorwiseState` (numpy) of an `UnpackedState` (sharded parameters: already per tensor)."""
+    hidden, cell = _numpy(state.lstm_hidden), _numpy(state.lstm_cell)
+    return TensorwiseState(
+        _numpy(state.iteration),
+        _numpy(state.num_steps),
+        type(state.loss_buffer)(*[_numpy(x) for x in state.loss_buffer]),
+        tuple(
+            TensorState(Accumulators(*(None if a is None else _numpy(a) for a in accumulators)),
+                        hidden[i], cell[i])
+            for i, accumulators in enumerate(state.accumulators)
+        ),
+    )
+
+
 def _packed_table_from_rows(layout, tensors):
     table = np.zeros((3, layout.factored.num_runs + 1), np.float32)
     for t in layout.factored.placements:

@@ -19,10 +19,11 @@ from keras import ops
 from keras_velo.maths.theta import flatten_theta, unflatten_theta
 from keras_velo.packed.packing import packed_layout
 from keras_velo.packed.prefab import DEFAULT_MAX_TRAINING_STEPS, Horizon, plan_horizon
-from keras_velo.packed.state_view import tensor_states
+from keras_velo.packed.state_view import tensor_states, unpacked_tensor_states
 from keras_velo.training import arguments, guards, loss_scale_saving, saving, tf_distribute
 from keras_velo.training.health import check_health_if_eager
 from keras_velo.training.state_variables import StateVariables
+from keras_velo.training.sharded_update import NO_ACCUMULATION_MESSAGE, sharded_layouts
 from keras_velo.training.update_function import outside_torch_compile, update_function
 from keras_velo.weights.pretrained import resolve_saved_weights, resolve_weights
 
@@ -184,12 +185,14 @@ class VeLO(keras.optimizers.Optimizer):
             return
         super().build(variables)
         self._layout = packed_layout([tuple(v.shape) for v in variables])
+        self._sharded = sharded_layouts(variables)  # ModelParallel: state laid out per tensor
         self._velo = StateVariables(
             self,
             self._layout,
             self._theta_init,
             None if self.horizon is None else self.horizon.velo_steps,
             1 if self.horizon is None else self.horizon.num_accumulated,
+            layouts=self._sharded,
         )
         self._theta_init = None  # the variables own theta from here on
         self._weight_decays = [
@@ -291,7 +294,10 @@ class VeLO(keras.optimizers.Optimizer):
 
     def velo_state(self):
         """The current state per tensor (`state_view.TensorwiseState`, numpy), in build order."""
-        return tensor_states(self._velo.read(self._velo.state), self._layout.shapes)
+        state = self._velo.read(self._velo.state)
+        if self._sharded is None:
+            return tensor_states(state, self._layout.shapes)
+        return unpacked_tensor_states(state)
 
     # ------------------------------------------------------------- entry points
 
@@ -422,9 +428,12 @@ class VeLO(keras.optimizers.Optimizer):
             g is not None for g in all_grads
         )
         key = (active, self.horizon)
+        if self._sharded is not None and self.horizon.num_accumulated > 1:
+            guards.fail(ValueError(NO_ACCUMULATION_MESSAGE))
         if key not in self._update_functions:
             self._update_functions[key] = update_function(
-                self._layout, self._weight_decays, self.horizon, active, self.compile_update
+                self._layout, self._weight_decays, self.horizon, active, self.compile_update,
+                sharded=self._sharded is not None,
             )
         new_params, new_state, new_accumulation, diagnostics = self._update_functions[key](
             velo.theta_values(),

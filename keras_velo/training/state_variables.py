@@ -18,12 +18,14 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_velo.maths.accumulators import Accumulators
+from keras_velo.maths.accumulators import Accumulators, accumulator_shapes
 from keras_velo.maths.loss_features import RUNNING_MIN_INIT, LossBuffer, loss_ema_decays
+from keras_velo.maths.tensorwise_update import UnpackedState
 from keras_velo.maths.theta import leaf_name, theta_shapes, unflatten_theta
 from keras_velo.packed.packing import LANES
 from keras_velo.packed.prefab import GradientAccumulation
 from keras_velo.packed.update import VeLOState
+from keras_velo.training.sharded_update import sharded_state_layouts
 
 # VeLO's state stays float32 whatever the parameters' dtype (the reference
 # stores it in the parameter dtype; identical for float32 parameters).
@@ -52,7 +54,7 @@ class StateVariables:
         num_accumulated: calls averaged per VeLO update (1: no sums kept).
     """
 
-    def __init__(self, optimizer, layout, theta, velo_steps, num_accumulated):
+    def __init__(self, optimizer, layout, theta, velo_steps, num_accumulated, layouts=None):
         self._optimizer = optimizer
         shapes = theta_shapes()
         theta = theta or {path: None for path in shapes}
@@ -72,7 +74,7 @@ class StateVariables:
         def tiled(init):
             return None if init is None else np.tile(np.asarray(init, np.float32), (layout.num_tensors, 1))
 
-        self.state = VeLOState(
+        common = dict(
             iteration=self._new((), "velo_iteration", dtype="int32"),
             num_steps=self._new(
                 (), "velo_num_steps", None if velo_steps is None else np.int32(velo_steps),
@@ -89,12 +91,24 @@ class StateVariables:
                 ),
                 iteration=self._new((), "loss_iteration", dtype="int32"),
             ),
-            factored=self._region_variables(layout.factored, "factored"),
-            diagonal=self._region_variables(layout.diagonal, "diagonal"),
             lstm_hidden=self._new((layout.num_tensors, width), "velo_lstm_hidden",
                                   tiled(hidden_init)),
             lstm_cell=self._new((layout.num_tensors, width), "velo_lstm_cell", tiled(cell_init)),
         )
+        if layouts is None:
+            self.state = VeLOState(
+                factored=self._region_variables(layout.factored, "factored"),
+                diagonal=self._region_variables(layout.diagonal, "diagonal"),
+                **common,
+            )
+        else:  # sharded parameters: one set per tensor, laid out like it
+            self.state = UnpackedState(
+                accumulators=tuple(
+                    self._tensor_variables(i, shape, tensor_layout)
+                    for i, (shape, tensor_layout) in enumerate(zip(layout.shapes, layouts))
+                ),
+                **common,
+            )
         self.accumulation = None
         if num_accumulated > 1:
             self.accumulation = GradientAccumulation(
@@ -115,12 +129,22 @@ class StateVariables:
         self.last_lr_mult = self._new((layout.num_tensors,), "velo_last_lr_mult")
         self.last_step_rms = self._new((layout.num_tensors,), "velo_last_step_rms")
 
-    def _new(self, shape, name, value=None, dtype=STATE_DTYPE):
+    def _new(self, shape, name, value=None, dtype=STATE_DTYPE, layout=None):
         """An optimizer variable starting at `value` (numpy) or zeros."""
         initializer = "zeros" if value is None else _Constant(value)
         return self._optimizer.add_variable(
-            tuple(shape), initializer=initializer, dtype=dtype, name=name
+            tuple(shape), initializer=initializer, dtype=dtype, name=name, layout=layout
         )
+
+    def _tensor_variables(self, index, shape, tensor_layout):
+        """One tensor's `Accumulators` in the reference's shapes, laid out like the tensor."""
+        shapes = accumulator_shapes(shape)
+        layouts = sharded_state_layouts(shape, tensor_layout)
+        return Accumulators(*(
+            None if field_shape is None
+            else self._new(field_shape, f"velo_{index}_{field}", layout=field_layout)
+            for field, field_shape, field_layout in zip(Accumulators._fields, shapes, layouts)
+        ))
 
     def _region_variables(self, region, name):
         if region.empty:

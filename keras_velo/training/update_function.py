@@ -36,18 +36,20 @@ from keras_velo.packed.torch_compile import (
     compiled_prefab_update,
     resolve_compile_update,
 )
+from keras_velo.training.sharded_update import sharded_prefab_update
 
 
-def update_function(layout, weight_decays, horizon, active, compile_update):
+def update_function(layout, weight_decays, horizon, active, compile_update, sharded=False):
     """`prefab_update` with these settings bound, compiled where `compile_update` asks.
 
     Called as `f(theta, state, params, grads, loss, accumulation=...,
     step_scale=..., fraction_trained=...)`; returns what `prefab_update`
     returns. With gradient accumulation on PyTorch the conditional between
     accumulating and updating stays eager around the compiled update.
+    `sharded`: the state is per tensor (`sharded_update`, JAX only).
     """
     eager = functools.partial(
-        prefab_update, weight_decays=weight_decays,
+        sharded_prefab_update if sharded else prefab_update, weight_decays=weight_decays,
         num_accumulated=horizon.num_accumulated, active=active,
     )
     backend = keras.backend.backend()
