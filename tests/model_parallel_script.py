@@ -11,6 +11,7 @@ losses, the largest weight difference, the optimizer state on device 0
 import json
 import os
 import sys
+import tempfile
 
 os.environ["KERAS_BACKEND"] = "jax"
 os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
@@ -53,8 +54,25 @@ def train(distribution):
                   keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     history = model.fit(x, y, batch_size=32, epochs=2, shuffle=False, verbose=0,
                         callbacks=[keras_velo.VeLOCallback()])
+    saved_back = None
+    if distribution is not None:  # a save restores the sharded state, laid out again
+        path = os.path.join(tempfile.mkdtemp(), "model.keras")
+        model.save(path)
+        restored = keras.saving.load_model(path)
+        saved_back = all(
+            np.array_equal(np.asarray(a.value), np.asarray(b.value))
+            and a.value.sharding.spec == b.value.sharding.spec
+            for a, b in zip(model.optimizer.variables, restored.optimizer.variables)
+        ) and len(model.optimizer.variables) == len(restored.optimizer.variables)
     keras.distribution.set_distribution(None)
-    return history.history["loss"], [np.asarray(w) for w in model.get_weights()]
+    if distribution is not None:  # a packed VeLO refuses the sharded state, saying why
+        try:
+            keras.saving.load_model(path)
+            refused = ""
+        except ValueError as error:
+            refused = str(error)
+        saved_back = {"restored": saved_back, "refused_on_one_device": refused}
+    return history.history["loss"], [np.asarray(w) for w in model.get_weights()], saved_back
 
 
 def one_update(make_optimizer):
@@ -96,8 +114,8 @@ def refusal_of_long_horizons():
 
 
 init = [np.asarray(w) for w in new_model().get_weights()]
-one_losses, one_weights = train(None)
-parallel_losses, parallel_weights = train(model_parallel())
+one_losses, one_weights, _ = train(None)
+parallel_losses, parallel_weights, saved_back = train(model_parallel())
 velo = one_update(lambda: keras_velo.VeLO(total_steps=8, weights=theta_dir))
 adam = one_update(lambda: keras.optimizers.Adam(1e-3))
 print(json.dumps({
@@ -108,4 +126,5 @@ print(json.dumps({
     "velo": {"state_on_device": velo[0], "state_whole": velo[1], "collectives": velo[2]},
     "adam": {"state_on_device": adam[0], "state_whole": adam[1], "collectives": adam[2]},
     "long_horizon_error": refusal_of_long_horizons(),
+    "saved_state_restored": saved_back,
 }))

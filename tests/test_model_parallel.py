@@ -46,3 +46,5 @@ def test_model_parallel_shards_velo_like_its_parameters():
     assert set(velo["collectives"]) <= {"all-reduce"}, report
     assert max(velo["collectives"].get("all-reduce", [0])) <= report["largest_parameter_bytes"] / 32, report
     assert "max_training_steps" in report["long_horizon_error"], report
+    assert report["saved_state_restored"]["restored"] is True, report
+    assert "laid out differently" in report["saved_state_restored"]["refused_on_one_device"], report

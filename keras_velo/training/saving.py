@@ -106,6 +106,19 @@ def load_variables(store, variables, theta_variables, load_all, variables_before
         for i in range(saved_count):
             variables[i].assign(store[str(i)])
         return False
+    if theta_variables is not None:
+        expected = len(variables) if FINGERPRINT_KEY not in store.keys() else (
+            len(variables) - len(theta_variables) + 1
+        )
+        if saved_count != expected:
+            raise CheckpointError(
+                f"This VeLO optimizer's saved state has {saved_count} entries where this "
+                f"VeLO has {expected}: it was saved for other parameters, or with its "
+                "parameters laid out differently (VeLO keeps its state per tensor when "
+                "keras.distribution.ModelParallel shards them, packed otherwise). Load it "
+                "under the distribution it was saved with, or load the model with "
+                "`compile=False` and compile it with a new VeLO."
+            )
     if FINGERPRINT_KEY not in store.keys():
         load_all(store)
         return True
