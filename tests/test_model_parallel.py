@@ -8,29 +8,16 @@ one device. Runs in a subprocess because the device count is fixed when
 JAX starts.
 """
 
-import json
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 
 import golden_data
+from device_script import run_device_script
 
 
 @pytest.mark.slow
 @pytest.mark.backends("jax")
 def test_model_parallel_shards_velo_like_its_parameters():
-    script = Path(__file__).with_name("model_parallel_script.py")
-    root = Path(__file__).resolve().parents[1]
-    result = subprocess.run(
-        [sys.executable, str(script), str(golden_data.GOLDEN_DIR / "velo_perturbed_theta")],
-        capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(root)},
-        timeout=900,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    report = json.loads(result.stdout.strip().splitlines()[-1])
+    report = run_device_script("model_parallel_script.py", golden_data.GOLDEN_DIR / "velo_perturbed_theta")
     one, parallel = report["losses"]
     assert parallel == pytest.approx(one, rel=1e-5), report
     assert report["max_abs_change"] > 1e-4, report  # training moved the weights

@@ -6,31 +6,16 @@ up to float32 reduction order, in `fit` and in a custom loop. Runs in a
 subprocess because logical devices are fixed when TensorFlow starts.
 """
 
-import json
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 
 import golden_data
+from device_script import run_device_script
 
 
 @pytest.mark.slow
 @pytest.mark.backends("tensorflow")
 def test_mirrored_strategy_matches_one_device():
-    script = Path(__file__).with_name("tf_distribute_script.py")
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    result = subprocess.run(
-        [sys.executable, str(script), str(golden_data.GOLDEN_DIR / "velo_perturbed_theta")],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=600,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    report = json.loads(result.stdout.strip().splitlines()[-1])
+    report = run_device_script("tf_distribute_script.py", golden_data.GOLDEN_DIR / "velo_perturbed_theta")
     assert report["replicas"] == 2
     for run in ("fit", "loop"):
         assert report[f"{run}_change"] > 1e-3, report  # training moved the weights

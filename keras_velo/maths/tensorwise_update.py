@@ -59,6 +59,7 @@ from keras_velo.maths.parameter_mlp import (
     table_channels,
     weighted_sums,
 )
+from keras_velo.maths.skip_guard import keep_unless, kept_counters, update_is_finite
 from keras_velo.maths.tensor_features import (
     centred_values,
     element_means,
@@ -248,19 +249,10 @@ def tensorwise_update(theta, state, params, grads, loss, step_scale=1.0,
                                 hidden, cell)
     skipped = ops.convert_to_tensor(False)
     if skip_non_finite:
-        update_finite = ops.logical_and(
-            ops.all(ops.isfinite(step_squares)),
-            ops.logical_and(ops.all(ops.isfinite(hidden)), ops.all(ops.isfinite(cell))),
-        )
-        finite = ops.logical_and(inputs_finite, update_finite)
-        keep = lambda new, old: ops.where(finite, new, old)  # noqa: E731
+        finite = update_is_finite(inputs_finite, step_squares, hidden, cell)
+        keep = keep_unless(finite)
         new_params = [keep(new, t.param) for new, t in zip(new_params, tensors)]
-        new_state = new_state._replace(
-            iteration=keep(new_state.iteration, state.iteration),
-            loss_buffer=type(buffer)(*(keep(n, o) for n, o in zip(buffer, state.loss_buffer))),
-            lstm_hidden=keep(hidden, state.lstm_hidden),
-            lstm_cell=keep(cell, state.lstm_cell),
-        )
+        new_state = kept_counters(finite, new_state, state)
         skipped = ops.logical_not(finite)
     new_params = [
         ops.cast(ops.reshape(new, t.shape), keras.backend.standardize_dtype(p.dtype))

@@ -58,6 +58,7 @@ from keras_velo.maths.parameter_mlp import (
     ROW_TABLE_CHANNELS,
     normalizers,
 )
+from keras_velo.maths.skip_guard import keep_unless, kept_counters, update_is_finite
 from keras_velo.maths.tensor_features import (
     element_means,
     fraction_features,
@@ -321,24 +322,13 @@ def packed_update(theta, state, layout, params, grads, loss, step_scale=1.0,
     if skip_non_finite:
         # The accumulators were already kept if the loss or a gradient was
         # not finite; a non-finite step also keeps the rest.
-        # The update itself: every step, and the LSTM state it carries on
-        # (a NaN training fraction or theta shows there first).
-        update_finite = ops.logical_and(
-            ops.all(ops.isfinite(step_squares)),
-            ops.logical_and(ops.all(ops.isfinite(hidden)), ops.all(ops.isfinite(cell))),
-        )
-        finite = ops.logical_and(inputs_finite, update_finite)
-        keep = lambda new, old: ops.where(finite, new, old)  # noqa: E731
+        finite = update_is_finite(inputs_finite, step_squares, hidden, cell)
+        keep = keep_unless(finite)
         new_params = [
             None if new is None else keep(new, old)
             for new, old in zip(new_params, _packed_params(regions))
         ]
-        new_state = new_state._replace(
-            iteration=keep(new_state.iteration, state.iteration),
-            loss_buffer=keras.tree.map_structure(keep, new_state.loss_buffer, state.loss_buffer),
-            lstm_hidden=keep(new_state.lstm_hidden, state.lstm_hidden),
-            lstm_cell=keep(new_state.lstm_cell, state.lstm_cell),
-        )
+        new_state = kept_counters(finite, new_state, state)
         skipped = ops.logical_not(finite)
     diagnostics = StepDiagnostics(
         fraction, loss_feats, lr_mult, skipped=skipped,
