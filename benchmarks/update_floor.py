@@ -1,6 +1,6 @@
 """The floor under VeLO's update on this machine: bytes and flops per parameter, against Adam's.
 
-What is derived (see "The floor" in benchmarks/README.md)
+What is derived (see "The floor" in benchmarks/RESULTS.md)
 ---------------------------------------------------------
 VeLO's data dependencies need three passes over a tensor's elements, each
 ending in a reduction the next one needs: (A) sums of the old state and

@@ -1,6 +1,8 @@
 """keras-velo: VeLO, Google's learned optimizer, for Keras 3 on JAX, TensorFlow and PyTorch.
 
-The public names are imported from here. The implementation lives in four
+The names in `__all__` below are the public API: import them from
+`keras_velo` (and the callbacks also from `keras_velo.callbacks`); the
+modules inside the subpackages may move between versions. The implementation lives in four
 subpackages, imported one way (`keras_velo/README.md`, "How it is built"):
 `maths` (VeLO's computation per tensor and theta's structure) <- `packed`
 (the packed layout: every tensor's update as one program) <- `training`
@@ -11,7 +13,6 @@ subpackages, imported one way (`keras_velo/README.md`, "How it is built"):
 
 import sys
 
-from keras_velo import _moved_modules
 from keras_velo.maths.theta import (
     CheckpointError,
     ThetaError,
@@ -35,7 +36,6 @@ from keras_velo.weights.pretrained import (
 )
 
 sys.modules.setdefault("keras_velo.callbacks", callbacks)  # public: `keras_velo.callbacks`
-_moved_modules.install()  # the modules' paths before the subpackages, with a warning
 
 __all__ = [
     "NonFiniteTrainingError",

@@ -82,7 +82,7 @@ of 7.5 or less did not; relative steps compound through the residual
 stack, and a large early step knocks it out before the normalised
 directions settle. A 10% warm-up still collapsed; 20% trains it (validation
 loss 0.90-0.96 over 3 seeds, Adam(1e-3) 1.21-1.28) and moves the other
-canonical tasks by -5% to +3% in a one-seed check (meta/README.md has the
+canonical tasks by -5% to +3% in a one-seed check (meta/MODEL_CARD.md has the
 evaluation).
 
 Limits

@@ -10,12 +10,10 @@ tensor, theta's structure) <- `packed` (the packed layout) <- `training`
 import ast
 import importlib
 import pathlib
-import sys
 
 import pytest
 
 import keras_velo
-from keras_velo import _moved_modules
 
 pytestmark = pytest.mark.backends("jax")
 
@@ -71,7 +69,7 @@ def part_modules():
 
 def test_every_module_of_keras_velo_belongs_to_a_part():
     loose = sorted(p.name for p in PACKAGE.glob("*.py"))
-    assert loose == ["__init__.py", "_moved_modules.py"], (
+    assert loose == ["__init__.py"], (
         f"keras_velo/ should hold only its namespace; move {loose} into a part"
     )
     for part in ALLOWED:
@@ -83,9 +81,6 @@ def test_every_module_of_keras_velo_belongs_to_a_part():
 def test_imports_flow_one_way(part, path):
     for module in imported_modules(path):
         target = part_of(module)
-        assert not module.startswith("keras_velo._moved_modules"), (
-            f"{path.relative_to(ROOT)} imports {module}, the old paths' shim"
-        )
         assert target != "", (
             f"{path.relative_to(ROOT)} imports the public namespace `keras_velo` "
             "(import from the part that defines the name)"
@@ -104,75 +99,9 @@ def test_the_checker_sees_a_wrong_way_import(tmp_path):
     assert part_of("keras_velo.training.optimizer") not in ALLOWED["packed"]
 
 
-def project_python_files():
-    for folder in ("keras_velo", "meta", "evaluation", "examples", "tests", "benchmarks",
-                   "task_families"):
-        yield from sorted((ROOT / folder).rglob("*.py"))
-
-
-def test_the_project_uses_no_old_module_path():
-    offenders = []
-    for path in project_python_files():
-        if path.name == "_moved_modules.py" or path == pathlib.Path(__file__).resolve():
-            continue
-        old = imported_modules(path) & set(_moved_modules.MOVED_MODULES)
-        old |= {f"keras_velo.{name}" for name in _imported_names_of_keras_velo(path)
-                if f"keras_velo.{name}" in _moved_modules.MOVED_MODULES}
-        offenders += [f"{path.relative_to(ROOT)}: {name}" for name in sorted(old)]
-    assert not offenders, "old module paths (they warn): " + ", ".join(offenders)
-
-
-def _imported_names_of_keras_velo(path):
-    """Names in `from keras_velo import a, b`."""
-    return {
-        alias.name
-        for node in ast.walk(ast.parse(path.read_text()))
-        if isinstance(node, ast.ImportFrom) and node.module == "keras_velo"
-        for alias in node.names
-    }
-
-
 def test_no_public_name_is_lost():
     assert set(keras_velo.__all__) == PUBLIC_NAMES
     for name in PUBLIC_NAMES:
         assert getattr(keras_velo, name) is not None
     callbacks = importlib.import_module("keras_velo.callbacks")  # public: no warning
     assert callbacks.VeLOCallback is keras_velo.VeLOCallback
-
-
-def _forget(old):
-    """Undoes an import of the old path, so the next one warns again."""
-    module = sys.modules.pop(old, None)
-    name = old.split(".")[1]
-    if module is not None and getattr(keras_velo, name, None) is module:
-        delattr(keras_velo, name)
-
-
-@pytest.mark.parametrize("old", sorted(_moved_modules.MOVED_MODULES))
-def test_an_old_module_path_still_works_and_says_where_it_moved(old):
-    new = _moved_modules.MOVED_MODULES[old]
-    _forget(old)
-    try:
-        with pytest.warns(FutureWarning, match=f"`{old}` has moved to `{new}`"):
-            module = importlib.import_module(old)
-        target = importlib.import_module(new)
-        public = [n for n in vars(target) if not n.startswith("_")]
-        assert public and all(getattr(module, n) is getattr(target, n) for n in public)
-    finally:
-        _forget(old)
-
-
-def test_patching_through_an_old_path_reaches_the_module():
-    """`monkeypatch.setattr("keras_velo.update.x", ...)` in a user's tests still takes effect."""
-    import keras_velo.packed.update as update
-
-    original = update.to_tensors
-    _forget("keras_velo.update")
-    try:
-        with pytest.warns(FutureWarning):
-            old = importlib.import_module("keras_velo.update")
-        old.to_tensors = "patched"
-        assert update.to_tensors == "patched"
-    finally:
-        update.to_tensors = original
-        _forget("keras_velo.update")

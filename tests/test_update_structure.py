@@ -90,7 +90,7 @@ def test_the_compiled_update_is_few_kernels():
     """XLA compiles the 2-layer MLP's update into at most 170 kernels (was 220).
 
     On CPU each compiled kernel costs ~10 ms of compile time, what a user
-    waits for before the first step (benchmarks/README.md, "What a user
+    waits for before the first step (benchmarks/RESULTS.md, "What a user
     waits for"): a per-channel slice of the first layer's weights or a
     scatter where a product does (each was its own kernel) must not come
     back.

@@ -119,6 +119,7 @@ class _Tensor:
         return ops.stack([ops.sum(x) for x in centred_values(self.old.momentum, self.old.rms, column)])
 
     def update_accumulators(self, keep_old):
+        """New momenta, rms and second moments (§5.6); the old ones where `keep_old` (traced) is true."""
         guard = (lambda new, old: new) if keep_old is None else (  # noqa: E731
             lambda new, old: ops.where(keep_old, old, new)
         )

@@ -7,7 +7,7 @@
   downloaded once over HTTPS and cached under `cache_dir()`.
 * a name from `BUNDLED_WEIGHTS`: weights shipped inside the keras-velo
   package. `"bundled"`: the best theta measured (the model card,
-  `meta/README.md`); `"bootstrap"`: keras-velo's hand-set theta, a
+  `meta/MODEL_CARD.md`); `"bootstrap"`: keras-velo's hand-set theta, a
   normalised-momentum rule with a warm-up/decay schedule, not meta-trained
   (built by `python -m meta.bootstrap_theta`; see `meta/bootstrap_theta.py`),
   which was `"bundled"` until a theta passed the ship gate.
