@@ -19,10 +19,11 @@ PROJECT_PATH = re.compile(r"`((?:" + "|".join(FOLDERS) + r")/[\w./-]*)`")
 
 
 def guides():
-    return sorted(
-        path for path in ROOT.rglob("*.md")
-        if not {".venv", ".git", "node_modules"} & set(path.relative_to(ROOT).parts)
-    )
+    """The project's markdown files (the top level and its folders; not a virtualenv)."""
+    found = set(ROOT.glob("*.md"))
+    for folder in FOLDERS:
+        found.update((ROOT / folder).rglob("*.md"))
+    return sorted(found)
 
 
 def named_paths(guide):
