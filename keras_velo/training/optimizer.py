@@ -393,8 +393,8 @@ class VeLO(keras.optimizers.Optimizer):
 
     def _backend_update_step(self, grads, trainable_variables, learning_rate):
         if keras.backend.backend() == "torch":
-            return outside_torch_compile(self._velo_update_step)(
-                grads, trainable_variables, learning_rate
+            return outside_torch_compile()(
+                self._velo_update_step, grads, trainable_variables, learning_rate
             )
         return self._velo_update_step(grads, trainable_variables, learning_rate)
 

@@ -101,17 +101,24 @@ def compiled_when_eager(function, backend):
     return call
 
 
-def outside_torch_compile(update_step):
-    """`update_step` (a PyTorch optimizer step) run without autograd and out of `torch.compile`'s trace.
+def outside_torch_compile():
+    """`run(update_step, *args)`: a PyTorch optimizer step without autograd, out of `torch.compile`'s trace.
 
     Called inside a train step that `torch.compile` traces, the call is one
     graph break: the update runs eagerly, or as VeLO's own compiled program.
+    Built once per process.
     """
-    import torch
+    global _outside_torch_compile
+    if _outside_torch_compile is None:
+        import torch
 
-    @torch.compiler.disable
-    def step(*args):
-        with torch.no_grad():
-            return update_step(*args)
+        @torch.compiler.disable
+        def run(update_step, *args):
+            with torch.no_grad():
+                return update_step(*args)
 
-    return step
+        _outside_torch_compile = run
+    return _outside_torch_compile
+
+
+_outside_torch_compile = None
